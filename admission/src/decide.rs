@@ -1,0 +1,1206 @@
+//! The admission decision: a pure function of the review, a cluster view and the rules.
+//!
+//! No I/O happens here, so every decision takes microseconds and is table-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::NetworkPolicySpec;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::response::StatusSummary;
+use labgate_policies::workloads::is_gated;
+use labgate_policies::{
+    EgressMode, ISOLATION_POLICY_NAME, LAB_LABEL, Lab, MEMBERS_ANNOTATION, OWNER_ANNOTATION,
+    OWNER_HASH_LABEL,
+};
+
+/// Audit annotation key set on every denial. The API server prefixes it with
+/// the webhook's name (`<webhook>/denied-rule`); a key with its own `/` would
+/// be rejected there, so it has none.
+pub const DENIED_RULE_ANNOTATION: &str = "denied-rule";
+
+/// What the cache knows about a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceState {
+    /// Labelled `labgate.io/lab=true`.
+    Lab {
+        /// Phase `Terminating` or a deletion timestamp is set.
+        terminating: bool,
+    },
+    /// Exists and is not a lab.
+    NotLab,
+    /// Not (yet) in the cache: either brand new or the cache is not synced.
+    Unknown,
+}
+
+/// What the cache knows about the isolation policy of one namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyState {
+    /// No policy named `labgate-isolation`.
+    Missing,
+    /// Present with exactly the canonical spec.
+    Canonical,
+    /// Present with another spec (forced through or from an older mode).
+    Drifted,
+}
+
+/// Read-only view of the cluster the decision needs (fed by watches).
+pub trait ClusterView {
+    /// State of namespace `name`.
+    fn namespace(&self, name: &str) -> NamespaceState;
+    /// State of the isolation policy in namespace `name`.
+    fn policy(&self, namespace: &str) -> PolicyState;
+    /// Whether the view has synced (drives `/readyz`).
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// The configured part of the rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Usernames allowed to create labs and change their owner, members or marking.
+    pub portal_users: Vec<String>,
+    /// Groups whose members have the same rights.
+    pub portal_groups: Vec<String>,
+    /// Usernames that may delete the isolation policy (namespace cleanup).
+    pub namespace_controller_users: Vec<String>,
+    /// The canonical policy's egress mode.
+    pub egress: EgressMode,
+}
+
+/// Each rule has a stable name used in messages, audit annotations and docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Workload created in a lab before its isolation policy is in place.
+    PolicyMissing,
+    /// Workload created in a namespace the service has not seen yet.
+    NamespaceNotSynced,
+    /// DELETE of the isolation policy while the lab exists.
+    PolicyProtected,
+    /// UPDATE leaving the isolation policy with a non-canonical spec.
+    PolicyImmutable,
+    /// CREATE of `labgate-isolation` with a non-canonical spec.
+    PolicyNameReserved,
+    /// Non-portal principal marks a namespace as a lab.
+    LabCreateRestricted,
+    /// Non-portal principal changes `labgate.io/owner` or `labgate.io/owner-hash`.
+    OwnerImmutable,
+    /// Non-portal principal changes `labgate.io/members`.
+    MembersImmutable,
+    /// Non-portal principal removes or changes `labgate.io/lab`.
+    LabMarkingImmutable,
+    /// A portal writes a lab whose owner record is incomplete or inconsistent.
+    LabMalformed,
+    /// The review lacks the object the rule needs.
+    MalformedRequest,
+}
+
+impl Rule {
+    /// Stable kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::PolicyMissing => "policy-missing",
+            Rule::NamespaceNotSynced => "namespace-not-synced",
+            Rule::PolicyProtected => "policy-protected",
+            Rule::PolicyImmutable => "policy-immutable",
+            Rule::PolicyNameReserved => "policy-name-reserved",
+            Rule::LabCreateRestricted => "lab-create-restricted",
+            Rule::OwnerImmutable => "owner-immutable",
+            Rule::MembersImmutable => "members-immutable",
+            Rule::LabMarkingImmutable => "lab-marking-immutable",
+            Rule::LabMalformed => "lab-malformed",
+            Rule::MalformedRequest => "malformed-request",
+        }
+    }
+}
+
+/// The outcome of one review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// The rule that denied it.
+    pub rule: Option<Rule>,
+    /// Human-readable reason (always set on denials).
+    pub message: String,
+}
+
+impl Decision {
+    fn allow() -> Decision {
+        Decision {
+            allowed: true,
+            rule: None,
+            message: String::new(),
+        }
+    }
+
+    fn deny(rule: Rule, detail: impl std::fmt::Display) -> Decision {
+        Decision {
+            allowed: false,
+            rule: Some(rule),
+            message: format!("labgate: rule {}: {detail}", rule.name()),
+        }
+    }
+
+    /// The AdmissionResponse for `req`: uid echoed; denials carry code 403, the
+    /// message and the `denied-rule` audit annotation.
+    pub fn into_response(self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let response = AdmissionResponse::from(req);
+        if self.allowed {
+            return response;
+        }
+        let mut response = response.deny(&self.message);
+        response.result.code = 403;
+        response.result.reason = "Forbidden".to_string();
+        response.result.status = Some(StatusSummary::Failure);
+        if let Some(rule) = self.rule {
+            response
+                .audit_annotations
+                .insert(DENIED_RULE_ANNOTATION.to_string(), rule.name().to_string());
+        }
+        response
+    }
+}
+
+/// The resource family of a request, for metrics (bounded label values).
+pub fn kind_label(req: &AdmissionRequest<DynamicObject>) -> &'static str {
+    let (group, resource) = (req.resource.group.as_str(), req.resource.resource.as_str());
+    match (group, resource) {
+        ("", "namespaces") => "Namespace",
+        ("networking.k8s.io", "networkpolicies") => "NetworkPolicy",
+        ("", "pods") => "Pod",
+        ("kubevirt.io", "virtualmachineinstances") => "VirtualMachineInstance",
+        ("kubevirt.io", "virtualmachines") => "VirtualMachine",
+        _ if is_gated(group, resource) => "OtherWorkload",
+        _ => "Other",
+    }
+}
+
+/// Decides one admission request.
+///
+/// Documented rule for reviews that parse but do not fit: kinds other than
+/// namespaces, the isolation policy and gated workloads are allowed untouched
+/// (so are CONNECT and subresources of workloads); a request that concerns a
+/// lab but lacks the object the rule needs (e.g. a namespace UPDATE without
+/// `oldObject`) is denied with rule `malformed-request`.
+pub fn decide(
+    req: &AdmissionRequest<DynamicObject>,
+    view: &(impl ClusterView + ?Sized),
+    rules: &Rules,
+) -> Decision {
+    let group = req.resource.group.as_str();
+    let resource = req.resource.resource.as_str();
+    match (group, resource) {
+        ("", "namespaces") => decide_namespace(req, rules),
+        ("networking.k8s.io", "networkpolicies") => decide_policy(req, view, rules),
+        _ if is_gated(group, resource) => decide_workload(req, view),
+        _ => Decision::allow(),
+    }
+}
+
+/// True when the requester is a configured portal principal.
+fn is_portal(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> bool {
+    let user = &req.user_info;
+    let by_name = user
+        .username
+        .as_deref()
+        .is_some_and(|u| rules.portal_users.iter().any(|p| p == u));
+    let by_group = user
+        .groups
+        .iter()
+        .flatten()
+        .any(|g| rules.portal_groups.iter().any(|p| p == g));
+    by_name || by_group
+}
+
+fn username(req: &AdmissionRequest<DynamicObject>) -> &str {
+    req.user_info.username.as_deref().unwrap_or("<unknown>")
+}
+
+/// The contract fields of a namespace, as written (not validated).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LabRecord<'a> {
+    lab: Option<&'a str>,
+    owner_hash: Option<&'a str>,
+    owner: Option<&'a str>,
+    members: Option<&'a str>,
+}
+
+impl<'a> LabRecord<'a> {
+    fn of(obj: &'a DynamicObject) -> LabRecord<'a> {
+        let label = |k: &str| {
+            obj.metadata
+                .labels
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .map(String::as_str)
+        };
+        let annotation = |k: &str| {
+            obj.metadata
+                .annotations
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .map(String::as_str)
+        };
+        LabRecord {
+            lab: label(LAB_LABEL),
+            owner_hash: label(OWNER_HASH_LABEL),
+            owner: annotation(OWNER_ANNOTATION),
+            members: annotation(MEMBERS_ANNOTATION),
+        }
+    }
+
+    fn is_lab(&self) -> bool {
+        self.lab == Some("true")
+    }
+}
+
+/// Rules 4: only portal principals create labs or change their record.
+fn decide_namespace(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> Decision {
+    let portal = is_portal(req, rules);
+    match req.operation {
+        Operation::Create => {
+            let Some(new) = req.object.as_ref() else {
+                return Decision::deny(Rule::MalformedRequest, "namespace CREATE without object");
+            };
+            let record = LabRecord::of(new);
+            if !record.is_lab() {
+                return Decision::allow();
+            }
+            if !portal {
+                return Decision::deny(
+                    Rule::LabCreateRestricted,
+                    format!(
+                        "only portal principals may create a lab namespace ({LAB_LABEL}=true); \
+                         user {:?} is not one",
+                        username(req)
+                    ),
+                );
+            }
+            check_well_formed(req, new)
+        }
+        Operation::Update => {
+            let (Some(new), Some(old)) = (req.object.as_ref(), req.old_object.as_ref()) else {
+                return Decision::deny(
+                    Rule::MalformedRequest,
+                    "namespace UPDATE without object and oldObject",
+                );
+            };
+            let (before, after) = (LabRecord::of(old), LabRecord::of(new));
+            if before == after {
+                return Decision::allow();
+            }
+            if portal {
+                return if after.is_lab() {
+                    check_well_formed(req, new)
+                } else {
+                    Decision::allow()
+                };
+            }
+            let who = username(req);
+            if before.lab != after.lab && !after.is_lab() {
+                Decision::deny(
+                    Rule::LabMarkingImmutable,
+                    format!(
+                        "only portal principals may remove or change the lab marking {LAB_LABEL}; user {who:?} is not one"
+                    ),
+                )
+            } else if !before.is_lab() && after.is_lab() {
+                Decision::deny(
+                    Rule::LabCreateRestricted,
+                    format!(
+                        "only portal principals may mark a namespace as a lab ({LAB_LABEL}=true); user {who:?} is not one"
+                    ),
+                )
+            } else if before.owner != after.owner || before.owner_hash != after.owner_hash {
+                Decision::deny(
+                    Rule::OwnerImmutable,
+                    format!(
+                        "only portal principals may change {OWNER_ANNOTATION} or {OWNER_HASH_LABEL}; user {who:?} is not one"
+                    ),
+                )
+            } else {
+                Decision::deny(
+                    Rule::MembersImmutable,
+                    format!(
+                        "only portal principals may change {MEMBERS_ANNOTATION}; user {who:?} is not one"
+                    ),
+                )
+            }
+        }
+        Operation::Delete | Operation::Connect => Decision::allow(),
+    }
+}
+
+/// A portal's lab must carry a consistent owner record, or the gateway
+/// would treat it as malformed and admit nobody.
+fn check_well_formed(req: &AdmissionRequest<DynamicObject>, obj: &DynamicObject) -> Decision {
+    let empty = BTreeMap::new();
+    let name = obj.metadata.name.as_deref().unwrap_or(req.name.as_str());
+    let labels = obj.metadata.labels.as_ref().unwrap_or(&empty);
+    let annotations = obj.metadata.annotations.as_ref().unwrap_or(&empty);
+    match Lab::from_metadata(name, labels, annotations) {
+        Ok(_) => Decision::allow(),
+        Err(e) => Decision::deny(Rule::LabMalformed, e),
+    }
+}
+
+/// Rules 3: the isolation policy cannot be removed or weakened in a lab.
+fn decide_policy(
+    req: &AdmissionRequest<DynamicObject>,
+    view: &(impl ClusterView + ?Sized),
+    rules: &Rules,
+) -> Decision {
+    if req.sub_resource.is_some() {
+        return Decision::allow();
+    }
+    let name = match (&req.object, &req.old_object) {
+        _ if !req.name.is_empty() => req.name.as_str(),
+        (Some(o), _) | (None, Some(o)) => o.metadata.name.as_deref().unwrap_or(""),
+        (None, None) => "",
+    };
+    if name != ISOLATION_POLICY_NAME {
+        return Decision::allow();
+    }
+    let Some(namespace) = req.namespace.as_deref().filter(|n| !n.is_empty()) else {
+        return Decision::deny(
+            Rule::MalformedRequest,
+            "NetworkPolicy request without namespace",
+        );
+    };
+    // The webhook configuration only sends lab namespaces; a namespace the
+    // cache has not seen yet is treated as a lab so the window stays closed.
+    let terminating = match view.namespace(namespace) {
+        NamespaceState::NotLab => return Decision::allow(),
+        NamespaceState::Lab { terminating } => terminating,
+        NamespaceState::Unknown => false,
+    };
+    match req.operation {
+        Operation::Delete => {
+            let controller = rules
+                .namespace_controller_users
+                .iter()
+                .any(|u| Some(u.as_str()) == req.user_info.username.as_deref());
+            if terminating || controller {
+                Decision::allow()
+            } else {
+                Decision::deny(
+                    Rule::PolicyProtected,
+                    format!(
+                        "NetworkPolicy {ISOLATION_POLICY_NAME} isolates lab {namespace:?} and cannot be \
+                         deleted while the lab exists (delete the namespace instead)"
+                    ),
+                )
+            }
+        }
+        Operation::Create | Operation::Update => {
+            let Some(obj) = req.object.as_ref() else {
+                return Decision::deny(
+                    Rule::MalformedRequest,
+                    "NetworkPolicy write without object",
+                );
+            };
+            let spec = obj
+                .data
+                .get("spec")
+                .and_then(|s| serde_json::from_value::<NetworkPolicySpec>(s.clone()).ok());
+            if rules.egress.is_canonical(spec.as_ref()) {
+                return Decision::allow();
+            }
+            if req.operation == Operation::Create {
+                Decision::deny(
+                    Rule::PolicyNameReserved,
+                    format!(
+                        "the name {ISOLATION_POLICY_NAME} is reserved for lab {namespace:?}'s canonical \
+                         isolation policy; use another name for your own NetworkPolicies"
+                    ),
+                )
+            } else {
+                Decision::deny(
+                    Rule::PolicyImmutable,
+                    format!(
+                        "the spec of NetworkPolicy {ISOLATION_POLICY_NAME} in lab {namespace:?} is managed by \
+                         labgate-admission and cannot be changed; add another NetworkPolicy instead"
+                    ),
+                )
+            }
+        }
+        Operation::Connect => Decision::allow(),
+    }
+}
+
+/// Rule 2: nothing runs in a lab before its isolation policy.
+fn decide_workload(
+    req: &AdmissionRequest<DynamicObject>,
+    view: &(impl ClusterView + ?Sized),
+) -> Decision {
+    if req.operation != Operation::Create || req.sub_resource.is_some() {
+        return Decision::allow();
+    }
+    let Some(namespace) = req.namespace.as_deref().filter(|n| !n.is_empty()) else {
+        return Decision::deny(Rule::MalformedRequest, "workload CREATE without namespace");
+    };
+    let what = format!("{} in namespace {namespace:?}", req.kind.kind);
+    match view.namespace(namespace) {
+        NamespaceState::NotLab => Decision::allow(),
+        NamespaceState::Unknown => Decision::deny(
+            Rule::NamespaceNotSynced,
+            format!(
+                "cannot create {what}: labgate-admission has not seen this namespace yet, so its \
+                 isolation NetworkPolicy {ISOLATION_POLICY_NAME} cannot be confirmed; retry shortly"
+            ),
+        ),
+        NamespaceState::Lab { .. } => match view.policy(namespace) {
+            PolicyState::Canonical => Decision::allow(),
+            PolicyState::Missing => Decision::deny(
+                Rule::PolicyMissing,
+                format!(
+                    "cannot create {what}: the lab does not hold its isolation NetworkPolicy \
+                     {ISOLATION_POLICY_NAME} yet; labgate-admission creates it within moments, retry shortly"
+                ),
+            ),
+            PolicyState::Drifted => Decision::deny(
+                Rule::PolicyMissing,
+                format!(
+                    "cannot create {what}: the lab's isolation NetworkPolicy {ISOLATION_POLICY_NAME} does \
+                     not have the canonical spec; labgate-admission is repairing it, retry shortly"
+                ),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labgate_policies::owner_hash;
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+
+    const PORTAL: &str = "system:serviceaccount:portal:portal";
+
+    #[derive(Default)]
+    struct View {
+        namespaces: HashMap<&'static str, NamespaceState>,
+        policies: HashMap<&'static str, PolicyState>,
+    }
+
+    impl ClusterView for View {
+        fn namespace(&self, name: &str) -> NamespaceState {
+            self.namespaces
+                .get(name)
+                .copied()
+                .unwrap_or(NamespaceState::Unknown)
+        }
+        fn policy(&self, namespace: &str) -> PolicyState {
+            self.policies
+                .get(namespace)
+                .copied()
+                .unwrap_or(PolicyState::Missing)
+        }
+    }
+
+    fn view() -> View {
+        let mut v = View::default();
+        v.namespaces
+            .insert("lab-ok", NamespaceState::Lab { terminating: false });
+        v.policies.insert("lab-ok", PolicyState::Canonical);
+        v.namespaces
+            .insert("lab-new", NamespaceState::Lab { terminating: false });
+        v.namespaces
+            .insert("lab-drift", NamespaceState::Lab { terminating: false });
+        v.policies.insert("lab-drift", PolicyState::Drifted);
+        v.namespaces
+            .insert("lab-gone", NamespaceState::Lab { terminating: true });
+        v.policies.insert("lab-gone", PolicyState::Canonical);
+        v.namespaces.insert("plain", NamespaceState::NotLab);
+        v
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            portal_users: vec![PORTAL.into()],
+            portal_groups: vec!["portals".into()],
+            namespace_controller_users: vec![crate::config::DEFAULT_NAMESPACE_CONTROLLER.into()],
+            egress: EgressMode::Standard,
+        }
+    }
+
+    fn review(
+        (group, version, resource, kind): (&str, &str, &str, &str),
+        op: &str,
+        ns: Option<&str>,
+        name: &str,
+        user: (&str, &[&str]),
+        object: Value,
+        old: Value,
+    ) -> AdmissionRequest<DynamicObject> {
+        let options = match op {
+            "CREATE" => "CreateOptions",
+            "UPDATE" => "UpdateOptions",
+            _ => "DeleteOptions",
+        };
+        let v = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "3f5e7a0e-1111-4b4b-9c9c-000000000001",
+                "kind": {"group": group, "version": version, "kind": kind},
+                "resource": {"group": group, "version": version, "resource": resource},
+                "requestKind": {"group": group, "version": version, "kind": kind},
+                "requestResource": {"group": group, "version": version, "resource": resource},
+                "name": name, "namespace": ns, "operation": op,
+                "userInfo": {"username": user.0, "uid": "u-1", "groups": user.1},
+                "object": object, "oldObject": old, "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": options}
+            }
+        });
+        let review: kube::core::admission::AdmissionReview<DynamicObject> =
+            serde_json::from_value(v).unwrap();
+        review.try_into().unwrap()
+    }
+
+    const NS: (&str, &str, &str, &str) = ("", "v1", "namespaces", "Namespace");
+    const NP: (&str, &str, &str, &str) = (
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+    );
+    const POD: (&str, &str, &str, &str) = ("", "v1", "pods", "Pod");
+    const VMI: (&str, &str, &str, &str) = (
+        "kubevirt.io",
+        "v1",
+        "virtualmachineinstances",
+        "VirtualMachineInstance",
+    );
+
+    fn lab_ns(name: &str, owner: &str, members: Option<&str>) -> Value {
+        let mut ns = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/metadata.name": name, LAB_LABEL: "true", OWNER_HASH_LABEL: owner_hash(owner)},
+                "annotations": {OWNER_ANNOTATION: owner}
+            }
+        });
+        if let Some(m) = members {
+            ns["metadata"]["annotations"][MEMBERS_ANNOTATION] = json!(m);
+        }
+        ns
+    }
+
+    fn policy(ns: &str, mode: EgressMode) -> Value {
+        serde_json::to_value(mode.policy(ns)).unwrap()
+    }
+
+    fn check(req: &AdmissionRequest<DynamicObject>, expect: Result<(), Rule>) {
+        let d = decide(req, &view(), &rules());
+        match expect {
+            Ok(()) => assert!(d.allowed, "expected allow, got {d:?}"),
+            Err(rule) => {
+                assert!(!d.allowed, "expected deny by {rule:?}, got allow");
+                assert_eq!(d.rule, Some(rule));
+                assert!(
+                    d.message
+                        .starts_with(&format!("labgate: rule {}: ", rule.name())),
+                    "{}",
+                    d.message
+                );
+            }
+        }
+    }
+
+    const STUDENT: (&str, &[&str]) = ("alice@example.com", &["system:authenticated", "students"]);
+    const PORTAL_SA: (&str, &[&str]) = (
+        PORTAL,
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:portal",
+            "system:authenticated",
+        ],
+    );
+    const PORTAL_GROUP_MEMBER: (&str, &[&str]) =
+        ("portal-bot", &["portals", "system:authenticated"]);
+
+    #[test]
+    fn namespace_rules() {
+        let lab = lab_ns("lab-a", "alice@example.com", None);
+        let plain = json!({"metadata": {"name": "scratch", "labels": {"team": "x"}}});
+        let null = Value::Null;
+        let mut stripped = lab.clone();
+        stripped["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove(LAB_LABEL);
+        let mut falsified = lab.clone();
+        falsified["metadata"]["labels"][LAB_LABEL] = json!("false");
+        let mut new_owner = lab.clone();
+        new_owner["metadata"]["annotations"][OWNER_ANNOTATION] = json!("mallory@example.com");
+        new_owner["metadata"]["labels"][OWNER_HASH_LABEL] =
+            json!(owner_hash("mallory@example.com"));
+        let mut half_owner = lab.clone();
+        half_owner["metadata"]["annotations"][OWNER_ANNOTATION] = json!("mallory@example.com");
+        let with_members = lab_ns("lab-a", "alice@example.com", Some("bob@example.com"));
+        let mut other_label = lab.clone();
+        other_label["metadata"]["labels"]["course"] = json!("net101");
+
+        let table: Vec<(
+            &str,
+            &str,
+            (&str, &[&str]),
+            &Value,
+            &Value,
+            Result<(), Rule>,
+        )> = vec![
+            (
+                "plain create by anyone",
+                "CREATE",
+                STUDENT,
+                &plain,
+                &null,
+                Ok(()),
+            ),
+            (
+                "lab create by student",
+                "CREATE",
+                STUDENT,
+                &lab,
+                &null,
+                Err(Rule::LabCreateRestricted),
+            ),
+            (
+                "lab create by portal SA",
+                "CREATE",
+                PORTAL_SA,
+                &lab,
+                &null,
+                Ok(()),
+            ),
+            (
+                "lab create by portal group",
+                "CREATE",
+                PORTAL_GROUP_MEMBER,
+                &lab,
+                &null,
+                Ok(()),
+            ),
+            (
+                "portal creates half-owned lab",
+                "CREATE",
+                PORTAL_SA,
+                &half_owner,
+                &null,
+                Err(Rule::LabMalformed),
+            ),
+            (
+                "student strips label",
+                "UPDATE",
+                STUDENT,
+                &stripped,
+                &lab,
+                Err(Rule::LabMarkingImmutable),
+            ),
+            (
+                "student sets label false",
+                "UPDATE",
+                STUDENT,
+                &falsified,
+                &lab,
+                Err(Rule::LabMarkingImmutable),
+            ),
+            (
+                "student relabels owner",
+                "UPDATE",
+                STUDENT,
+                &new_owner,
+                &lab,
+                Err(Rule::OwnerImmutable),
+            ),
+            (
+                "student edits owner annotation",
+                "UPDATE",
+                STUDENT,
+                &half_owner,
+                &lab,
+                Err(Rule::OwnerImmutable),
+            ),
+            (
+                "student adds member",
+                "UPDATE",
+                STUDENT,
+                &with_members,
+                &lab,
+                Err(Rule::MembersImmutable),
+            ),
+            (
+                "student marks plain ns as lab",
+                "UPDATE",
+                STUDENT,
+                &lab,
+                &stripped,
+                Err(Rule::LabCreateRestricted),
+            ),
+            (
+                "student adds unrelated label",
+                "UPDATE",
+                STUDENT,
+                &other_label,
+                &lab,
+                Ok(()),
+            ),
+            (
+                "portal relabels owner",
+                "UPDATE",
+                PORTAL_SA,
+                &new_owner,
+                &lab,
+                Ok(()),
+            ),
+            (
+                "portal adds member",
+                "UPDATE",
+                PORTAL_SA,
+                &with_members,
+                &lab,
+                Ok(()),
+            ),
+            (
+                "portal strips label",
+                "UPDATE",
+                PORTAL_SA,
+                &stripped,
+                &lab,
+                Ok(()),
+            ),
+            (
+                "portal half-edits owner",
+                "UPDATE",
+                PORTAL_SA,
+                &half_owner,
+                &lab,
+                Err(Rule::LabMalformed),
+            ),
+            (
+                "update without oldObject",
+                "UPDATE",
+                STUDENT,
+                &lab,
+                &null,
+                Err(Rule::MalformedRequest),
+            ),
+            (
+                "create without object",
+                "CREATE",
+                PORTAL_SA,
+                &null,
+                &null,
+                Err(Rule::MalformedRequest),
+            ),
+            ("namespace delete", "DELETE", STUDENT, &null, &lab, Ok(())),
+        ];
+        for (what, op, user, obj, old, expect) in table {
+            let req = review(NS, op, None, "lab-a", user, obj.clone(), old.clone());
+            let d = decide(&req, &view(), &rules());
+            assert_eq!(d.allowed, expect.is_ok(), "{what}: {d:?}");
+            assert_eq!(d.rule, expect.err(), "{what}: {d:?}");
+            if !d.allowed {
+                assert!(
+                    d.message.contains("labgate: rule "),
+                    "{what}: {}",
+                    d.message
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn isolation_policy_rules() {
+        let canonical = policy("lab-ok", EgressMode::Standard);
+        let strict = policy("lab-ok", EgressMode::Strict);
+        let mut open = canonical.clone();
+        open["spec"]["policyTypes"] = json!(["Ingress"]);
+        open["spec"].as_object_mut().unwrap().remove("egress");
+        let mut relabelled = canonical.clone();
+        relabelled["metadata"]["labels"]["note"] = json!("hi");
+        let null = Value::Null;
+        let name = ISOLATION_POLICY_NAME;
+        let controller: (&str, &[&str]) = (crate::config::DEFAULT_NAMESPACE_CONTROLLER, &[]);
+        let kcm: (&str, &[&str]) = ("system:kube-controller-manager", &[]);
+        let table: Vec<(
+            &str,
+            &str,
+            &str,
+            &str,
+            (&str, &[&str]),
+            &Value,
+            &Value,
+            Result<(), Rule>,
+        )> = vec![
+            (
+                "delete in live lab",
+                "DELETE",
+                "lab-ok",
+                name,
+                STUDENT,
+                &null,
+                &canonical,
+                Err(Rule::PolicyProtected),
+            ),
+            (
+                "delete by portal in live lab",
+                "DELETE",
+                "lab-ok",
+                name,
+                PORTAL_SA,
+                &null,
+                &canonical,
+                Err(Rule::PolicyProtected),
+            ),
+            (
+                "delete while terminating (any user)",
+                "DELETE",
+                "lab-gone",
+                name,
+                kcm,
+                &null,
+                &canonical,
+                Ok(()),
+            ),
+            (
+                "delete by namespace controller",
+                "DELETE",
+                "lab-ok",
+                name,
+                controller,
+                &null,
+                &canonical,
+                Ok(()),
+            ),
+            (
+                "delete in unknown ns",
+                "DELETE",
+                "lab-fresh",
+                name,
+                STUDENT,
+                &null,
+                &canonical,
+                Err(Rule::PolicyProtected),
+            ),
+            (
+                "delete in plain ns",
+                "DELETE",
+                "plain",
+                name,
+                STUDENT,
+                &null,
+                &canonical,
+                Ok(()),
+            ),
+            (
+                "delete other policy in lab",
+                "DELETE",
+                "lab-ok",
+                "mine",
+                STUDENT,
+                &null,
+                &canonical,
+                Ok(()),
+            ),
+            (
+                "update weakening",
+                "UPDATE",
+                "lab-ok",
+                name,
+                STUDENT,
+                &open,
+                &canonical,
+                Err(Rule::PolicyImmutable),
+            ),
+            (
+                "update to other mode",
+                "UPDATE",
+                "lab-ok",
+                name,
+                STUDENT,
+                &strict,
+                &canonical,
+                Err(Rule::PolicyImmutable),
+            ),
+            (
+                "update metadata only",
+                "UPDATE",
+                "lab-ok",
+                name,
+                STUDENT,
+                &relabelled,
+                &canonical,
+                Ok(()),
+            ),
+            (
+                "update repairing drift",
+                "UPDATE",
+                "lab-drift",
+                name,
+                STUDENT,
+                &canonical,
+                &open,
+                Ok(()),
+            ),
+            (
+                "create canonical",
+                "CREATE",
+                "lab-new",
+                name,
+                STUDENT,
+                &canonical,
+                &null,
+                Ok(()),
+            ),
+            (
+                "create weak under reserved name",
+                "CREATE",
+                "lab-new",
+                name,
+                STUDENT,
+                &open,
+                &null,
+                Err(Rule::PolicyNameReserved),
+            ),
+            (
+                "create weak under other name",
+                "CREATE",
+                "lab-new",
+                "mine",
+                STUDENT,
+                &open,
+                &null,
+                Ok(()),
+            ),
+            (
+                "create without object",
+                "CREATE",
+                "lab-new",
+                name,
+                STUDENT,
+                &null,
+                &null,
+                Err(Rule::MalformedRequest),
+            ),
+        ];
+        for (what, op, ns, n, user, obj, old, expect) in table {
+            let req = review(NP, op, Some(ns), n, user, obj.clone(), old.clone());
+            let d = decide(&req, &view(), &rules());
+            assert_eq!(d.allowed, expect.is_ok(), "{what}: {d:?}");
+            assert_eq!(d.rule, expect.err(), "{what}: {d:?}");
+        }
+        // Strict mode makes the strict spec the only canonical one.
+        let strict_rules = Rules {
+            egress: EgressMode::Strict,
+            ..rules()
+        };
+        let req = review(
+            NP,
+            "UPDATE",
+            Some("lab-ok"),
+            name,
+            STUDENT,
+            strict.clone(),
+            canonical.clone(),
+        );
+        assert!(decide(&req, &view(), &strict_rules).allowed);
+        let req = review(
+            NP,
+            "CREATE",
+            Some("lab-ok"),
+            name,
+            STUDENT,
+            canonical.clone(),
+            Value::Null,
+        );
+        assert!(!decide(&req, &view(), &strict_rules).allowed);
+    }
+
+    #[test]
+    fn workload_gate() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}});
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "vm"}});
+        check(
+            &review(
+                POD,
+                "CREATE",
+                Some("lab-ok"),
+                "p",
+                STUDENT,
+                pod.clone(),
+                Value::Null,
+            ),
+            Ok(()),
+        );
+        check(
+            &review(
+                POD,
+                "CREATE",
+                Some("lab-new"),
+                "p",
+                STUDENT,
+                pod.clone(),
+                Value::Null,
+            ),
+            Err(Rule::PolicyMissing),
+        );
+        check(
+            &review(
+                POD,
+                "CREATE",
+                Some("lab-drift"),
+                "p",
+                PORTAL_SA,
+                pod.clone(),
+                Value::Null,
+            ),
+            Err(Rule::PolicyMissing),
+        );
+        check(
+            &review(
+                POD,
+                "CREATE",
+                Some("lab-fresh"),
+                "p",
+                PORTAL_SA,
+                pod.clone(),
+                Value::Null,
+            ),
+            Err(Rule::NamespaceNotSynced),
+        );
+        check(
+            &review(
+                POD,
+                "CREATE",
+                Some("plain"),
+                "p",
+                STUDENT,
+                pod.clone(),
+                Value::Null,
+            ),
+            Ok(()),
+        );
+        check(
+            &review(
+                VMI,
+                "CREATE",
+                Some("lab-new"),
+                "vm",
+                PORTAL_SA,
+                vmi.clone(),
+                Value::Null,
+            ),
+            Err(Rule::PolicyMissing),
+        );
+        check(
+            &review(
+                VMI,
+                "CREATE",
+                Some("lab-ok"),
+                "vm",
+                PORTAL_SA,
+                vmi.clone(),
+                Value::Null,
+            ),
+            Ok(()),
+        );
+        // Updates, deletes and subresources (e.g. evictions) are not gated.
+        check(
+            &review(
+                POD,
+                "UPDATE",
+                Some("lab-new"),
+                "p",
+                STUDENT,
+                pod.clone(),
+                pod.clone(),
+            ),
+            Ok(()),
+        );
+        check(
+            &review(
+                POD,
+                "DELETE",
+                Some("lab-new"),
+                "p",
+                STUDENT,
+                Value::Null,
+                pod.clone(),
+            ),
+            Ok(()),
+        );
+        let mut eviction = review(
+            POD,
+            "CREATE",
+            Some("lab-new"),
+            "p",
+            STUDENT,
+            Value::Null,
+            Value::Null,
+        );
+        eviction.sub_resource = Some("eviction".into());
+        check(&eviction, Ok(()));
+        // Every gated workload kind is gated, not only pods and VMIs.
+        for w in labgate_policies::workloads::GATED_WORKLOADS {
+            let req = review(
+                (w.group, "v1", w.resource, "X"),
+                "CREATE",
+                Some("lab-new"),
+                "x",
+                STUDENT,
+                json!({}),
+                Value::Null,
+            );
+            check(&req, Err(Rule::PolicyMissing));
+        }
+        // Unknown kinds are allowed untouched.
+        let cm = review(
+            ("", "v1", "configmaps", "ConfigMap"),
+            "CREATE",
+            Some("lab-new"),
+            "c",
+            STUDENT,
+            json!({}),
+            Value::Null,
+        );
+        check(&cm, Ok(()));
+    }
+
+    #[test]
+    fn denial_response_echoes_uid_and_annotates() {
+        let req = review(
+            POD,
+            "CREATE",
+            Some("lab-new"),
+            "p",
+            STUDENT,
+            json!({}),
+            Value::Null,
+        );
+        let d = decide(&req, &view(), &rules());
+        let resp = serde_json::to_value(d.into_response(&req).into_review()).unwrap();
+        assert_eq!(resp["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(resp["kind"], "AdmissionReview");
+        assert_eq!(
+            resp["response"]["uid"],
+            "3f5e7a0e-1111-4b4b-9c9c-000000000001"
+        );
+        assert_eq!(resp["response"]["allowed"], false);
+        assert_eq!(resp["response"]["status"]["code"], 403);
+        assert_eq!(
+            resp["response"]["auditAnnotations"][DENIED_RULE_ANNOTATION],
+            "policy-missing"
+        );
+        assert!(
+            resp["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("labgate-isolation")
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! `labgate-admission` binary: parses flags and runs the library's service.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = labgate_admission::Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match labgate_admission::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("labgate-admission failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! HTTP transport of the webhook: HTTPS server, routing, body limits and review (de)coding.
+//!
+//! `/validate` turns an AdmissionReview v1 into a decision; `/healthz`, `/readyz`
+//! and `/metrics` serve probes and Prometheus.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionReview, META_API_VERSION_V1, META_KIND};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::decide::{ClusterView, Rules, decide, kind_label};
+use crate::metrics::Metrics;
+
+/// Largest review body accepted (the API server's own request limit is 3 MiB).
+pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+
+/// Time allowed for a TLS handshake and for request headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request handler needs.
+pub struct WebhookState {
+    /// The cluster view (watch-fed cache in production).
+    pub view: Arc<dyn ClusterView + Send + Sync>,
+    /// The configured rules.
+    pub rules: Rules,
+    /// Metrics registry.
+    pub metrics: Metrics,
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Routes one request. `serve_validate` is false on the plain metrics listener.
+pub async fn handle(
+    state: Arc<WebhookState>,
+    req: Request<Incoming>,
+    serve_validate: bool,
+) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/validate") if serve_validate => validate(&state, req).await,
+        (_, "/validate") if serve_validate => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") if state.view.ready() => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "cache not synced\n"),
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, state.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn validate(state: &WebhookState, req: Request<Incoming>) -> Response<Body> {
+    let invalid = |reason: &str, status: StatusCode, msg: String| {
+        state
+            .metrics
+            .invalid_requests
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(reason, "{msg}");
+        text(status, msg + "\n")
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REVIEW_BYTES as u64) {
+        return invalid(
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("review body exceeds {MAX_REVIEW_BYTES} bytes"),
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return invalid(
+                "too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("review body exceeds {MAX_REVIEW_BYTES} bytes"),
+            );
+        }
+        Err(e) => {
+            return invalid(
+                "read_error",
+                StatusCode::BAD_REQUEST,
+                format!("cannot read body: {e}"),
+            );
+        }
+    };
+    let started = Instant::now();
+    match review_bytes(state, &body) {
+        Ok((json, decision)) => {
+            state
+                .metrics
+                .request_duration
+                .with_label_values(&[decision])
+                .observe(started.elapsed().as_secs_f64());
+            let mut r = Response::new(Full::new(Bytes::from(json)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err((reason, msg)) => invalid(reason, StatusCode::BAD_REQUEST, msg),
+    }
+}
+
+/// Decodes a review, decides, and encodes the answer. Errors carry a metrics
+/// reason and a message for an HTTP 400.
+pub fn review_bytes(
+    state: &WebhookState,
+    body: &[u8],
+) -> Result<(Vec<u8>, &'static str), (&'static str, String)> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
+        .map_err(|e| ("bad_json", format!("body is not an AdmissionReview: {e}")))?;
+    if review.types.kind != META_KIND || review.types.api_version != META_API_VERSION_V1 {
+        return Err((
+            "wrong_type",
+            format!(
+                "expected kind {META_KIND} apiVersion {META_API_VERSION_V1}, got kind {:?} apiVersion {:?}",
+                review.types.kind, review.types.api_version
+            ),
+        ));
+    }
+    let request: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|_| ("no_request", "AdmissionReview has no request".to_string()))?;
+    if request.uid.is_empty() {
+        return Err((
+            "no_request",
+            "AdmissionReview request has no uid".to_string(),
+        ));
+    }
+    let decision = decide(&request, state.view.as_ref(), &state.rules);
+    let verdict = if decision.allowed {
+        "allowed"
+    } else {
+        "denied"
+    };
+    let operation = format!("{:?}", request.operation).to_uppercase();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[operation.as_str(), kind_label(&request), verdict])
+        .inc();
+    if !decision.allowed {
+        tracing::info!(
+            uid = %request.uid,
+            user = request.user_info.username.as_deref().unwrap_or(""),
+            namespace = request.namespace.as_deref().unwrap_or(""),
+            name = %request.name,
+            dry_run = request.dry_run,
+            "{}",
+            decision.message
+        );
+    }
+    let response = decision.into_response(&request).into_review();
+    let json = serde_json::to_vec(&response)
+        .map_err(|e| ("encode_error", format!("cannot encode response: {e}")))?;
+    Ok((json, verdict))
+}
+
+/// Accepts HTTPS connections on `listener` until `shutdown`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<WebhookState>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    accept_loop(listener, shutdown, move |tcp, peer| {
+        let (acceptor, state) = (acceptor.clone(), state.clone());
+        async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            serve_connection(TokioIo::new(tls), state, true).await;
+        }
+    })
+    .await;
+}
+
+/// Serves probes and metrics over plain HTTP until `shutdown` (no /validate).
+pub async fn serve_plain(
+    listener: TcpListener,
+    state: Arc<WebhookState>,
+    shutdown: CancellationToken,
+) {
+    accept_loop(listener, shutdown, move |tcp, _peer| {
+        let state = state.clone();
+        async move { serve_connection(TokioIo::new(tcp), state, false).await }
+    })
+    .await;
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, on_conn: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE; back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(on_conn(tcp, peer));
+    }
+}
+
+async fn serve_connection<IO>(io: TokioIo<IO>, state: Arc<WebhookState>, serve_validate: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, req, serve_validate).await) }
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(io, service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
