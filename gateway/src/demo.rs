@@ -1,0 +1,174 @@
+//! The self-contained demo (`labgate-gateway --demo`): no cluster needed.
+//!
+//! One lab, `demo`, owned by `student@example.com`, with a VM `demo-vm` whose
+//! serial console is simulated in-process (a line editor that echoes). The
+//! HMAC secret is random per run; the demo prints a valid token and URLs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::route::ConsoleKind;
+use crate::upstream::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
+
+/// The demo lab's namespace.
+pub const DEMO_LAB: &str = "demo";
+/// The demo lab's owner.
+pub const DEMO_USER: &str = "student@example.com";
+/// The demo VM.
+pub const DEMO_VM: &str = "demo-vm";
+
+/// Files the demo writes (secret, labs file) in a private temp directory.
+pub struct DemoFiles {
+    /// HMAC secret file.
+    pub secret_file: PathBuf,
+    /// Labs file with the demo lab.
+    pub labs_file: PathBuf,
+    /// The secret itself, for signing the printed token.
+    pub secret: Vec<u8>,
+}
+
+/// Writes a random secret and the demo labs file.
+///
+/// # Errors
+/// When the temp directory cannot be written.
+pub fn write_files() -> std::io::Result<DemoFiles> {
+    let dir = std::env::temp_dir().join(format!("labgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let secret: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    let secret_file = dir.join("hmac-secret");
+    std::fs::write(&secret_file, &secret)?;
+    let labs_file = dir.join("labs.yaml");
+    std::fs::write(
+        &labs_file,
+        format!("labs:\n  - namespace: {DEMO_LAB}\n    owner: {DEMO_USER}\n    members: []\n"),
+    )?;
+    Ok(DemoFiles {
+        secret_file,
+        labs_file,
+        secret,
+    })
+}
+
+/// A token for the demo user, valid for `ttl`.
+pub fn token(secret: &[u8], ttl: Duration) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + ttl.as_secs();
+    let claims = serde_json::json!({ "sub": DEMO_USER, "exp": exp });
+    jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
+}
+
+/// A backend whose only VM is the demo VM with a simulated serial console.
+pub struct DemoBackend;
+
+impl Backend for DemoBackend {
+    fn connect<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+        config: WebSocketConfig,
+    ) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            if target.vmi != DEMO_VM {
+                return Err(UpstreamError::NotFound);
+            }
+            if target.kind == ConsoleKind::Vnc {
+                return Err(UpstreamError::NotRunning(
+                    "the demo VM has no display; open its console".into(),
+                ));
+            }
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let console =
+                WebSocketStream::from_raw_socket(theirs, Role::Server, Some(config)).await;
+            tokio::spawn(simulated_console(console));
+            Ok(WebSocketStream::from_raw_socket(
+                UpstreamIo::Memory(ours),
+                Role::Client,
+                Some(config),
+            )
+            .await)
+        })
+    }
+}
+
+/// A tiny line-echo "serial console" speaking KubeVirt's framing (binary only).
+async fn simulated_console(mut ws: WebSocketStream<tokio::io::DuplexStream>) {
+    let banner = "labgate demo VM serial console\r\nType a line; it is echoed back.\r\n$ ";
+    if ws
+        .send(Message::Binary(Bytes::from_static(banner.as_bytes())))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut line = Vec::new();
+    while let Some(Ok(msg)) = ws.next().await {
+        // Like virt-handler: only binary messages reach the serial port.
+        let Message::Binary(bytes) = msg else {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            continue;
+        };
+        let mut out = Vec::new();
+        for b in bytes.iter().copied() {
+            match b {
+                b'\r' | b'\n' => {
+                    out.extend_from_slice(b"\r\nyou typed: ");
+                    out.extend_from_slice(&line);
+                    out.extend_from_slice(b"\r\n$ ");
+                    line.clear();
+                }
+                // Backspace / delete.
+                0x08 | 0x7f => {
+                    if line.pop().is_some() {
+                        out.extend_from_slice(b"\x08 \x08");
+                    }
+                }
+                _ => {
+                    line.push(b);
+                    out.push(b);
+                }
+            }
+        }
+        if ws.send(Message::Binary(out.into())).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Prints how to try the demo.
+pub fn print_instructions(addr: std::net::SocketAddr, token: &str) {
+    let base = format!("http://{addr}/labs/{DEMO_LAB}/{DEMO_VM}/console");
+    println!(
+        "\nlabgate demo is running on http://{addr}\n\
+         lab {DEMO_LAB:?} is owned by {DEMO_USER}; its VM {DEMO_VM:?} has a serial console.\n\n\
+         A token for {DEMO_USER} (valid 8h):\n  {token}\n\n\
+         Try:\n  \
+         curl -i {base}/{token}        # 426: authorised, needs a websocket\n  \
+         curl -i {base}/not-a-token    # 401 bad token\n  \
+         curl -s http://{addr}/metrics | grep labgate_gateway_sessions_total\n\
+         Open the console with any websocket client, e.g.\n  \
+         websocat ws://{addr}/labs/{DEMO_LAB}/{DEMO_VM}/console/{token}\n\n\
+         Press Ctrl-C to stop.\n"
+    );
+}
+
+/// Shared pieces of the demo gateway.
+pub fn backend() -> Arc<dyn Backend> {
+    Arc::new(DemoBackend)
+}

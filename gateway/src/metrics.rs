@@ -1,0 +1,148 @@
+//! Prometheus metrics of the gateway, all prefixed `labgate_gateway_`.
+//!
+//! Labels are small fixed sets (kind, outcome, direction): never users,
+//! namespaces or tokens, so the series count stays bounded.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports, registered in its own [`Registry`].
+pub struct Metrics {
+    /// The registry holding the metrics below (mountable elsewhere).
+    pub registry: Registry,
+    /// Sessions currently spliced, by kind.
+    pub active_sessions: IntGaugeVec,
+    /// Sessions by kind and outcome (ok, bad_token, forbidden, not_found, ...).
+    pub sessions: IntCounterVec,
+    /// Bytes relayed, by kind and direction.
+    pub bytes: IntCounterVec,
+    /// Time from request to authorisation decision.
+    pub authorization_seconds: Histogram,
+    /// Time to open the upstream websocket.
+    pub upstream_connect_seconds: Histogram,
+    /// Labs in the ownership index.
+    pub index_labs: IntGauge,
+    /// Times the namespace watch restarted after an error.
+    pub index_watch_restarts: IntCounter,
+    /// Token cache hits.
+    pub token_cache_hits: IntCounter,
+    /// Token cache misses.
+    pub token_cache_misses: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let active_sessions = IntGaugeVec::new(
+            Opts::new("labgate_gateway_active_sessions", "Sessions currently open, by kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let sessions = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_sessions_total",
+                "Sessions by kind and outcome: ok, bad_request, bad_token, expired, forbidden, \
+                 not_found, taken_over, upstream_error, limit, revoked, idle, shutdown.",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_bytes_total",
+                "Payload bytes relayed, by kind and direction (client_to_upstream, upstream_to_client).",
+            ),
+            &["kind", "direction"],
+        )
+        .expect("valid metric");
+        let fast_buckets = vec![
+            0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+        ];
+        let authorization_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "labgate_gateway_authorization_duration_seconds",
+                "Time from a session request to the authorisation decision.",
+            )
+            .buckets(fast_buckets),
+        )
+        .expect("valid metric");
+        let upstream_connect_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "labgate_gateway_upstream_connect_duration_seconds",
+                "Time to open the upstream websocket to the VM.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        let index_labs = IntGauge::new(
+            "labgate_gateway_index_labs",
+            "Lab namespaces in the ownership index.",
+        )
+        .expect("valid metric");
+        let index_watch_restarts = IntCounter::new(
+            "labgate_gateway_index_watch_restarts_total",
+            "Times the lab namespace watch failed and restarted.",
+        )
+        .expect("valid metric");
+        let token_cache_hits = IntCounter::new(
+            "labgate_gateway_token_cache_hits_total",
+            "Token verifications answered from the cache.",
+        )
+        .expect("valid metric");
+        let token_cache_misses = IntCounter::new(
+            "labgate_gateway_token_cache_misses_total",
+            "Token verifications that checked the signature.",
+        )
+        .expect("valid metric");
+
+        for c in [
+            Box::new(active_sessions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sessions.clone()),
+            Box::new(bytes.clone()),
+            Box::new(authorization_seconds.clone()),
+            Box::new(upstream_connect_seconds.clone()),
+            Box::new(index_labs.clone()),
+            Box::new(index_watch_restarts.clone()),
+            Box::new(token_cache_hits.clone()),
+            Box::new(token_cache_misses.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        // Show both kinds from the start so dashboards see zeros, not gaps.
+        for kind in ["vnc", "console"] {
+            active_sessions.with_label_values(&[kind]);
+            sessions.with_label_values(&[kind, "ok"]);
+            for dir in ["client_to_upstream", "upstream_to_client"] {
+                bytes.with_label_values(&[kind, dir]);
+            }
+        }
+        Metrics {
+            registry,
+            active_sessions,
+            sessions,
+            bytes,
+            authorization_seconds,
+            upstream_connect_seconds,
+            index_labs,
+            index_watch_restarts,
+            token_cache_hits,
+            token_cache_misses,
+        }
+    }
+
+    /// The text exposition format served at `/metrics`.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,226 @@
+//! Routes: which VM and which console a request is for, and where its token is.
+//!
+//! `/labs/{namespace}/{vmi}/{vnc|console}[/{token}][?token=...]`. The token may
+//! be a final path segment because noVNC can only set a path. Names must be
+//! DNS labels (RFC 1123, at most 63 characters), which also rules out `..`,
+//! encoded slashes and any other way to smuggle a different upstream path.
+
+use std::fmt;
+
+/// Which KubeVirt subresource a session opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsoleKind {
+    /// The VM's screen (`vnc` subresource, RFB bytes).
+    Vnc,
+    /// The VM's first serial console (`console` subresource).
+    Console,
+}
+
+impl ConsoleKind {
+    /// The subresource name and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleKind::Vnc => "vnc",
+            ConsoleKind::Console => "console",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ConsoleKind> {
+        match s {
+            "vnc" => Some(ConsoleKind::Vnc),
+            "console" => Some(ConsoleKind::Console),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ConsoleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed session route. Its `Debug` output never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Lab namespace.
+    pub namespace: String,
+    /// VirtualMachineInstance name.
+    pub vmi: String,
+    /// Screen or serial console.
+    pub kind: ConsoleKind,
+    /// Token found in the path or the `token` query parameter.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("namespace", &self.namespace)
+            .field("vmi", &self.vmi)
+            .field("kind", &self.kind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What a request path is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A lab session.
+    Session(Route),
+    /// `/healthz`.
+    Health,
+    /// `/readyz`.
+    Ready,
+    /// `/metrics`.
+    Metrics,
+    /// `/labs/...` that does not parse: refused as a bad request.
+    BadSession,
+    /// Anything else.
+    NotFound,
+}
+
+/// Maps a request path and query to a [`Target`].
+pub fn parse(path: &str, query: Option<&str>) -> Target {
+    match path {
+        "/healthz" | "/livez" => return Target::Health,
+        "/readyz" => return Target::Ready,
+        "/metrics" => return Target::Metrics,
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/labs/") else {
+        return Target::NotFound;
+    };
+    match parse_session(rest, query) {
+        Some(route) => Target::Session(route),
+        None => Target::BadSession,
+    }
+}
+
+fn parse_session(rest: &str, query: Option<&str>) -> Option<Route> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (namespace, vmi, kind, path_token) = match segments.as_slice() {
+        [ns, vmi, kind] => (*ns, *vmi, *kind, None),
+        [ns, vmi, kind, token] => (*ns, *vmi, *kind, Some(*token)),
+        _ => return None,
+    };
+    if !is_dns_label(namespace) || !is_dns_label(vmi) {
+        return None;
+    }
+    let kind = ConsoleKind::parse(kind)?;
+    let query_token = query.and_then(token_from_query);
+    let path_token = match path_token {
+        // A trailing slash is tolerated; an empty token is not a token.
+        Some("") => None,
+        Some(t) if !is_token_charset(t) => return None,
+        Some(t) => Some(t.to_string()),
+        None => None,
+    };
+    Some(Route {
+        namespace: namespace.to_string(),
+        vmi: vmi.to_string(),
+        kind,
+        token: path_token.or(query_token),
+    })
+}
+
+/// RFC 1123 label: lowercase alphanumerics and '-', 1-63 characters, starting
+/// and ending alphanumeric. Namespaces and VMI names both satisfy it.
+pub fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A JWT is three base64url parts joined by dots; anything else (notably `%`
+/// encodings) is refused before it reaches the verifier.
+fn is_token_charset(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+}
+
+fn token_from_query(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(path: &str, query: Option<&str>) -> Option<Route> {
+        match parse(path, query) {
+            Target::Session(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_path_and_query_tokens() {
+        let r = session("/labs/lab-1/vm-a/vnc/aaa.bbb.ccc", None).unwrap();
+        assert_eq!(r.namespace, "lab-1");
+        assert_eq!(r.vmi, "vm-a");
+        assert_eq!(r.kind, ConsoleKind::Vnc);
+        assert_eq!(r.token.as_deref(), Some("aaa.bbb.ccc"));
+
+        let r = session("/labs/lab-1/vm-a/console", Some("x=1&token=t.o.k")).unwrap();
+        assert_eq!(r.kind, ConsoleKind::Console);
+        assert_eq!(r.token.as_deref(), Some("t.o.k"));
+
+        let r = session("/labs/lab-1/vm-a/console/", None).unwrap();
+        assert_eq!(r.token, None);
+    }
+
+    #[test]
+    fn rejects_bad_names_and_traversal() {
+        for path in [
+            "/labs/Lab/vm/vnc",
+            "/labs/../vm/vnc",
+            "/labs/lab/../vnc",
+            "/labs/lab/vm%2Fx/vnc",
+            "/labs/lab/vm/screenshot",
+            "/labs/lab/vm",
+            "/labs/lab/vm/vnc/tok/extra",
+            "/labs/-lab/vm/vnc",
+            "/labs/lab/vm/vnc/a%2Fb",
+            "/labs//vm/vnc",
+        ] {
+            assert_eq!(parse(path, None), Target::BadSession, "{path}");
+        }
+        let long = "a".repeat(64);
+        assert_eq!(
+            parse(&format!("/labs/{long}/vm/vnc"), None),
+            Target::BadSession
+        );
+    }
+
+    #[test]
+    fn admin_paths_and_unknown_paths() {
+        assert_eq!(parse("/healthz", None), Target::Health);
+        assert_eq!(parse("/readyz", None), Target::Ready);
+        assert_eq!(parse("/metrics", None), Target::Metrics);
+        assert_eq!(parse("/", None), Target::NotFound);
+        assert_eq!(parse("/lab/x/y/vnc", None), Target::NotFound);
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let r = session("/labs/lab-1/vm-a/vnc/secret.token.value", None).unwrap();
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

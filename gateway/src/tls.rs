@@ -1,0 +1,143 @@
+//! TLS for the client side: rustls with a certificate that follows its files.
+//!
+//! The certificate and key are re-read when either file changes (cert-manager
+//! and Secret rotation), and each new handshake gets the newest pair. Live
+//! sessions keep the connection they have. A half-written or broken pair is
+//! logged and ignored: the previous certificate stays in service.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::reload::FileStamps;
+
+/// Errors loading a certificate pair.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} holds no PEM private key")]
+    NoKey { path: PathBuf },
+    #[error("private key in {path} is not usable: {source}")]
+    BadKey { path: PathBuf, source: rustls::Error },
+    #[error("certificate and key do not match: {0}")]
+    Mismatch(rustls::Error),
+}
+
+/// Serves the newest valid certificate pair from two PEM files.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadingCert {
+    /// Loads the pair once.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the files are missing, unreadable or do not match.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<ReloadingCert>, TlsError> {
+        let key = load_certified_key(cert_path, key_path)?;
+        Ok(Arc::new(ReloadingCert {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current: RwLock::new(Arc::new(key)),
+        }))
+    }
+
+    /// Re-reads the pair; keeps the old one if the new one is broken.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = load_certified_key(&self.cert_path, &self.key_path)?;
+        if let Ok(mut slot) = self.current.write() {
+            *slot = Arc::new(key);
+        }
+        Ok(())
+    }
+
+    /// Polls the files every `interval` and reloads on change. Runs forever.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut stamps = FileStamps::new([&self.cert_path, &self.key_path]);
+        loop {
+            tokio::time::sleep(interval).await;
+            if stamps.changed() {
+                match self.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A rustls server configuration (TLS 1.2 and 1.3, HTTP/1.1) using this pair.
+    pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder_with_protocol_versions(&[
+            &rustls::version::TLS13,
+            &rustls::version::TLS12,
+        ])
+        .with_no_client_auth()
+        .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|k| k.clone())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses a PEM certificate chain and private key into a rustls signing pair.
+///
+/// # Errors
+/// [`TlsError`] naming the file at fault.
+pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = read(cert_path)?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_path_buf(),
+        });
+    }
+    let key_pem = read(key_path)?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::NoKey {
+            path: key_path.to_path_buf(),
+        })?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing_key =
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|source| TlsError::BadKey {
+                path: key_path.to_path_buf(),
+                source,
+            })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(TlsError::Mismatch)?;
+    Ok(certified)
+}

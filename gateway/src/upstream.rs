@@ -1,0 +1,309 @@
+//! Opening the VM side of a session.
+//!
+//! [`Backend`] is the seam: [`KubeVirtBackend`] opens KubeVirt's `vnc` /
+//! `console` subresource through the Kubernetes API server with the gateway's
+//! own credentials; a static-target backend for VMs outside Kubernetes can be
+//! added beside it, and the demo mode plugs in an in-process console.
+//!
+//! kube's `Client::connect` cannot be used: it always offers the
+//! `v4/v5.channel.k8s.io` subprotocols, which virt-api does not speak. So the
+//! websocket handshake is made by hand over `Client::send` (which keeps kube's
+//! TLS, bearer-token rotation and CA reload) and upgraded with hyper.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::refusal::Refusal;
+use crate::route::ConsoleKind;
+
+/// KubeVirt's only websocket subprotocol: raw bytes in binary messages.
+pub const KUBEVIRT_PROTOCOL: &str = "plain.kubevirt.io";
+
+/// Largest error body read from an upstream refusal.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The byte stream under an upstream websocket.
+pub enum UpstreamIo {
+    /// A connection upgraded through hyper (API server, or any HTTP upstream).
+    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+    /// An in-process pipe (demo backend, tests).
+    Memory(tokio::io::DuplexStream),
+}
+
+/// The upstream websocket of a session.
+pub type UpstreamSocket = WebSocketStream<UpstreamIo>;
+
+/// Which VM console to open.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTarget<'a> {
+    /// Lab namespace.
+    pub namespace: &'a str,
+    /// VirtualMachineInstance name.
+    pub vmi: &'a str,
+    /// Screen or serial console.
+    pub kind: ConsoleKind,
+}
+
+/// Why the upstream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no such VirtualMachineInstance")]
+    NotFound,
+    #[error("VM not available: {0}")]
+    NotRunning(String),
+    #[error("VM screen in use by another viewer")]
+    Busy,
+    #[error("the gateway is not allowed to open the subresource: {0}")]
+    Forbidden(String),
+    #[error("upstream answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("upstream connection failed: {0}")]
+    Transport(String),
+    #[error("upstream did not answer in time")]
+    Timeout,
+}
+
+impl UpstreamError {
+    /// What the client is told.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            UpstreamError::NotFound => Refusal::NoSuchVm,
+            UpstreamError::NotRunning(_) => Refusal::VmNotRunning,
+            UpstreamError::Busy => Refusal::VmBusy,
+            UpstreamError::Forbidden(_)
+            | UpstreamError::Status { .. }
+            | UpstreamError::Transport(_)
+            | UpstreamError::Timeout => Refusal::UpstreamError,
+        }
+    }
+}
+
+/// Boxed future returned by [`Backend::connect`] (keeps the trait object-safe).
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<UpstreamSocket, UpstreamError>> + Send + 'a>>;
+
+/// Opens upstream websockets to VM consoles.
+pub trait Backend: Send + Sync + 'static {
+    /// Opens the console `target` with websocket settings `config`.
+    fn connect<'a>(&'a self, target: UpstreamTarget<'a>, config: WebSocketConfig)
+    -> ConnectFuture<'a>;
+}
+
+/// Opens KubeVirt subresources through the Kubernetes API server.
+#[derive(Clone)]
+pub struct KubeVirtBackend {
+    client: kube::Client,
+}
+
+impl KubeVirtBackend {
+    /// A backend using `client`'s API server, credentials and CA.
+    pub fn new(client: kube::Client) -> KubeVirtBackend {
+        KubeVirtBackend { client }
+    }
+
+    /// The API path of a target's subresource.
+    pub fn path(target: UpstreamTarget<'_>) -> String {
+        format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachineinstances/{}/{}",
+            target.namespace,
+            target.vmi,
+            target.kind.as_str()
+        )
+    }
+
+    async fn open(
+        &self,
+        target: UpstreamTarget<'_>,
+        config: WebSocketConfig,
+    ) -> Result<UpstreamSocket, UpstreamError> {
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        let request = Request::get(Self::path(target))
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, "websocket")
+            .header(SEC_WEBSOCKET_VERSION, "13")
+            .header(SEC_WEBSOCKET_KEY, &key)
+            .header(SEC_WEBSOCKET_PROTOCOL, KUBEVIRT_PROTOCOL)
+            .body(kube::client::Body::empty())
+            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        let response = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        let status = response.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let body = collect_limited(response.into_body()).await;
+            return Err(classify_refusal(status, &body));
+        }
+        let accept_ok = response
+            .headers()
+            .get(SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes());
+        if !accept_ok {
+            return Err(UpstreamError::Transport(
+                "upstream sent a wrong Sec-WebSocket-Accept".into(),
+            ));
+        }
+        // Old virt-api versions answer without a subprotocol; anything else is wrong.
+        if let Some(proto) = response.headers().get(SEC_WEBSOCKET_PROTOCOL)
+            && proto.as_bytes() != KUBEVIRT_PROTOCOL.as_bytes()
+        {
+            return Err(UpstreamError::Transport(
+                "upstream chose an unexpected subprotocol".into(),
+            ));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        Ok(WebSocketStream::from_raw_socket(
+            UpstreamIo::Upgraded(TokioIo::new(upgraded)),
+            Role::Client,
+            Some(config),
+        )
+        .await)
+    }
+}
+
+impl Backend for KubeVirtBackend {
+    fn connect<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+        config: WebSocketConfig,
+    ) -> ConnectFuture<'a> {
+        Box::pin(self.open(target, config))
+    }
+}
+
+async fn collect_limited(body: kube::client::Body) -> String {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
+    match limited.collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Maps a non-101 answer (a Kubernetes `Status` body, usually) to an error.
+pub fn classify_refusal(status: StatusCode, body: &str) -> UpstreamError {
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    match status.as_u16() {
+        404 => UpstreamError::NotFound,
+        400 | 409 => UpstreamError::NotRunning(message),
+        401 | 403 => UpstreamError::Forbidden(message),
+        // KubeVirt >= 1.6.3 with preserveSession=true wraps the handler's 503 in a 500.
+        500 | 503 if message.contains("Active VNC connection") => UpstreamError::Busy,
+        code => UpstreamError::Status {
+            status: code,
+            message,
+        },
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Memory(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+            UpstreamIo::Memory(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Upgraded(io) => Pin::new(io).poll_flush(cx),
+            UpstreamIo::Memory(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Memory(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpstreamIo::Memory(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Upgraded(io) => io.is_write_vectored(),
+            UpstreamIo::Memory(io) => io.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_kubevirt_refusals() {
+        let status = |code: u16, msg: &str| {
+            serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure","message":msg,"code":code})
+                .to_string()
+        };
+        assert!(matches!(
+            classify_refusal(StatusCode::NOT_FOUND, &status(404, "not found")),
+            UpstreamError::NotFound
+        ));
+        match classify_refusal(StatusCode::BAD_REQUEST, &status(400, "VMI is not running")) {
+            UpstreamError::NotRunning(m) => assert_eq!(m, "VMI is not running"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify_refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &status(500, "Active VNC connection. Request denied.")
+            ),
+            UpstreamError::Busy
+        ));
+        assert!(matches!(
+            classify_refusal(StatusCode::FORBIDDEN, "plain text"),
+            UpstreamError::Forbidden(_)
+        ));
+        assert_eq!(
+            classify_refusal(StatusCode::BAD_GATEWAY, "x").refusal(),
+            Refusal::UpstreamError
+        );
+    }
+}
