@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use futures::{SinkExt as _, StreamExt as _};
+use futures::{SinkExt, StreamExt as _};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -345,8 +345,8 @@ async fn bridge<S>(
                 Some(Ok(Message::Text(_))) => {}
                 Some(Ok(Message::Close(_))) => {
                     let _ = upstream.shutdown().await;
-                    // Completes the closing handshake (tungstenite queued the reply).
-                    let _ = ws.close(None).await;
+                    // Sends the reply tungstenite queued, completing the closing handshake.
+                    let _ = SinkExt::close(&mut ws).await;
                     return;
                 }
                 Some(Ok(_)) => {}

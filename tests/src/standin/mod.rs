@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -436,10 +435,8 @@ impl StandIn {
 
     /// Installs (or removes) the validating admission hook called before every write with the
     /// `AdmissionReview` request JSON; `Err(status)` denies the write with that `Status`.
-    pub fn set_admission_hook(
-        &self,
-        hook: Option<Arc<dyn Fn(Value) -> BoxFuture<'static, Result<(), Value>> + Send + Sync>>,
-    ) {
+    /// The hook type is `Arc<dyn Fn(Value) -> BoxFuture<'static, Result<(), Value>> + Send + Sync>`.
+    pub fn set_admission_hook(&self, hook: Option<AdmissionHook>) {
         *self.shared().admission_hook.lock().expect("hook lock") = hook;
     }
 

@@ -1,0 +1,497 @@
+//! End-to-end tests of the gateway against the Kubernetes stand-in, a real
+//! Xvnc and a real PTY shell, over real TLS with real websocket clients.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn subresource_count(env: &Env) -> usize {
+    env.standin.subresource_requests().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_and_query_tokens_reach_xvnc() {
+    let env = start(Options::default()).await.unwrap();
+    let token = env.token(ALICE);
+
+    let mut ws = env.open("lab-alice", "vm1", "vnc", &token).await;
+    let (w, h) = rfb_handshake(&mut ws).await;
+    assert_eq!((w, h), (800, 600));
+    ws.close(None).await.unwrap();
+
+    let (mut ws, _) = env
+        .ws(&format!("/labs/lab-alice/vm1/vnc?token={token}"), None, &[])
+        .await
+        .unwrap();
+    rfb_handshake(&mut ws).await;
+
+    // The member of the lab is let in too, with the header token.
+    let tutor = env.token(TUTOR);
+    let (mut ws, _) = env
+        .ws(
+            "/labs/lab-alice/vm1/vnc",
+            None,
+            &[("authorization", &format!("Bearer {tutor}"))],
+        )
+        .await
+        .unwrap();
+    rfb_handshake(&mut ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subprotocols_are_negotiated_like_novnc_expects() {
+    let env = start(Options::default()).await.unwrap();
+    let token = env.token(ALICE);
+    let path = format!("/labs/lab-alice/vm1/vnc/{token}");
+    // noVNC <= 1.1 asks for "binary".
+    let (mut ws, res) = env.ws(&path, Some("binary"), &[]).await.unwrap();
+    assert_eq!(res.headers()["sec-websocket-protocol"], "binary");
+    rfb_handshake(&mut ws).await;
+    drop(ws);
+    // noVNC >= 1.2 asks for none: none is echoed.
+    let (_ws, res) = env.ws(&path, None, &[]).await.unwrap();
+    assert!(res.headers().get("sec-websocket-protocol").is_none());
+    // The Kubernetes bearer-subprotocol idiom carries the token; it is never echoed.
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&token);
+    let (mut ws, res) = env
+        .ws(
+            "/labs/lab-alice/vm1/vnc",
+            Some(&format!(
+                "base64url.bearer.authorization.k8s.io.{encoded}, plain.kubevirt.io"
+            )),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["sec-websocket-protocol"], "plain.kubevirt.io");
+    rfb_handshake(&mut ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_round_trips_text_frames_as_binary() {
+    let env = start(Options::default()).await.unwrap();
+    let mut ws = env
+        .open("lab-alice", "vm1", "console", &env.token(ALICE))
+        .await;
+    // xterm.js' attach addon sends keystrokes as text frames; KubeVirt (and
+    // the stand-in) drop text, so this only works if the gateway converts.
+    ws.send(Message::Text("echo labgate-$((6*7))-ok\r".into()))
+        .await
+        .unwrap();
+    let mut reader = ByteReader::new();
+    reader
+        .read_until(&mut ws, "labgate-42-ok", Duration::from_secs(10))
+        .await;
+    ws.close(None).await.unwrap();
+    // Bytes were counted both ways.
+    let (_, metrics) = env.http("/metrics", &[]).await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "labgate_gateway_bytes_total{direction=\"client_to_upstream\",kind=\"console\"}",
+            )
+        })
+        .unwrap();
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= "echo labgate-$((6*7))-ok\r".len() as u64, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_visible_to_websocket_and_http_clients() {
+    let env = start(Options::default()).await.unwrap();
+    let alice = env.token(ALICE);
+    // (path, websocket close code, HTTP status)
+    let cases = [
+        (format!("/labs/lab-bob/vm1/vnc/{alice}"), 4003, 403),
+        (format!("/labs/no-such-lab/vm1/vnc/{alice}"), 4004, 404),
+        ("/labs/lab-alice/vm1/vnc".to_string(), 4001, 401),
+        (format!("/labs/Lab-Alice/vm1/vnc/{alice}"), 4000, 400),
+        (format!("/labs/lab-alice/vm1/screenshot/{alice}"), 4000, 400),
+    ];
+    for (path, code, status) in &cases {
+        let (mut ws, _) = env.ws(path, None, &[]).await.unwrap();
+        assert_refused(&mut ws, *code).await;
+        let (got, body) = env.http(path, &[]).await.unwrap();
+        assert_eq!(got, *status, "{path}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["closeCode"], *code);
+    }
+    assert_eq!(
+        subresource_count(&env),
+        0,
+        "no refused request reached KubeVirt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_never_reach_the_upstream() {
+    let env = start(Options::default()).await.unwrap();
+    let base = json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() + 600});
+    let with = |patch: serde_json::Value| {
+        let mut c = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let alg_none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(base.to_string())
+    );
+    let cases = [
+        (
+            "expired",
+            env.sign(with(json!({"exp": now() - 120}))),
+            4002,
+            401,
+        ),
+        (
+            "not yet valid",
+            env.sign(with(json!({"nbf": now() + 600}))),
+            4001,
+            401,
+        ),
+        (
+            "wrong key",
+            env.sign_with(
+                base.clone(),
+                b"some-other-secret-entirely",
+                Algorithm::HS256,
+            ),
+            4001,
+            401,
+        ),
+        (
+            "wrong audience",
+            env.sign(with(json!({"aud": "another-app"}))),
+            4001,
+            401,
+        ),
+        (
+            "unpinned algorithm",
+            env.sign_with(base.clone(), &env.secret, Algorithm::HS384),
+            4001,
+            401,
+        ),
+        ("alg none", alg_none, 4001, 401),
+    ];
+    for (what, token, code, status) in &cases {
+        let path = format!("/labs/lab-alice/vm1/vnc/{token}");
+        let (mut ws, _) = env.ws(&path, None, &[]).await.unwrap();
+        let reason = assert_refused(&mut ws, *code).await;
+        assert!(!reason.is_empty(), "{what}");
+        let (got, _) = env.http(&path, &[]).await.unwrap();
+        assert_eq!(got, *status, "{what}");
+    }
+    assert_eq!(subresource_count(&env), 0, "a bad token reached KubeVirt");
+    // Sanity: a good token does reach it.
+    let mut ws = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
+    rfb_handshake(&mut ws).await;
+    assert_eq!(subresource_count(&env), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_stopped_vms_get_clear_errors() {
+    let env = start(Options::default()).await.unwrap();
+    let token = env.token(ALICE);
+    for (vm, kind, code) in [
+        ("ghost", "vnc", 4005),
+        ("stopped", "vnc", 4006),
+        ("stopped", "console", 4006),
+        ("headless", "vnc", 4006),
+    ] {
+        let mut ws = env.open("lab-alice", vm, kind, &token).await;
+        let reason = assert_refused(&mut ws, code).await;
+        assert!(reason.contains("VM"), "{reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_or_relabelling_the_lab_closes_sessions_within_a_second() {
+    let env = start(Options::default()).await.unwrap();
+    // Owner change: bob's lab given to carol.
+    let mut bob_vnc = env.open("lab-bob", "vm1", "vnc", &env.token(BOB)).await;
+    rfb_handshake(&mut bob_vnc).await;
+    let t0 = Instant::now();
+    env.standin
+        .lab_namespace("lab-bob", "carol@example.com", &[]);
+    let frame = expect_close(&mut bob_vnc, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(u16::from(frame.code), 4009);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+
+    // Deletion: the namespace turns Terminating, then disappears.
+    let mut console = env
+        .open("lab-alice", "vm1", "console", &env.token(ALICE))
+        .await;
+    console
+        .send(Message::Binary(Bytes::from_static(
+            b"echo still-$((1+1))\r",
+        )))
+        .await
+        .unwrap();
+    ByteReader::new()
+        .read_until(&mut console, "still-2", Duration::from_secs(10))
+        .await;
+    let t0 = Instant::now();
+    env.standin.delete_namespace("lab-alice");
+    let frame = expect_close(&mut console, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(u16::from(frame.code), 4009);
+    assert!(frame.reason.contains("revoked"), "{}", frame.reason);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+
+    // Removing the lab label un-labels (watch sees DELETED): also revoked.
+    env.standin.lab_namespace("lab-bob", BOB, &[]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = env.open("lab-bob", "vm1", "console", &env.token(BOB)).await;
+    again
+        .send(Message::Binary(Bytes::from_static(b"echo back-$((2+2))\r")))
+        .await
+        .unwrap();
+    ByteReader::new()
+        .read_until(&mut again, "back-4", Duration::from_secs(10))
+        .await;
+    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+    ns.metadata.name = Some("lab-bob".into());
+    let t0 = Instant::now();
+    env.standin.put_namespace(ns);
+    let frame = expect_close(&mut again, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(u16::from(frame.code), 4009);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_index_and_watch_recovers_from_410() {
+    // The gateway's API token is unknown at first: list fails with 401.
+    let late_token = "late-gateway-token";
+    let env = start(Options {
+        gateway_kube_token: Some(late_token.into()),
+        wait_ready: false,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = env.http("/readyz", &[]).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let mut ws = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
+    assert_refused(&mut ws, 4004).await; // nothing indexed yet
+
+    env.standin.add_token(
+        late_token,
+        labgate_tests::standin::UserInfo::service_account("labgate", "labgate-gateway"),
+    );
+    env.wait_ready(Duration::from_secs(15)).await.unwrap();
+
+    // Cut the watch and forget history: the gateway must relist after 410.
+    env.standin.compact_history();
+    env.standin.drop_watches();
+    env.standin.lab_namespace("lab-new", ALICE, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = env
+            .http(&format!("/labs/lab-new/vm1/vnc/{}", env.token(ALICE)), &[])
+            .await
+            .unwrap();
+        // 426 = authorised (lab found), needs a websocket.
+        if status == 426 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new lab never indexed (last {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = env.http("/metrics", &[]).await.unwrap();
+    let restarts: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("labgate_gateway_index_watch_restarts_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(restarts >= 1.0, "watch errors were counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_viewer_takes_over_and_the_first_is_told() {
+    let env = start(Options::default()).await.unwrap();
+    let mut first = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
+    rfb_handshake(&mut first).await;
+    let mut second = env.open("lab-alice", "vm1", "vnc", &env.token(TUTOR)).await;
+    rfb_handshake(&mut second).await;
+    let frame = expect_close(&mut first, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(u16::from(frame.code), 4007, "{}", frame.reason);
+    assert!(frame.reason.contains("taken over"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_idle_and_token_expiry_end_sessions() {
+    let env = start(Options {
+        extra_args: vec![
+            "--max-sessions-per-user".into(),
+            "1".into(),
+            "--idle-timeout".into(),
+            "1s".into(),
+        ],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let token = env.token(ALICE);
+    let mut held = env.open("lab-alice", "vm1", "console", &token).await;
+    let mut second = env.open("lab-alice", "vm1", "vnc", &token).await;
+    assert_refused(&mut second, 4008).await;
+    // The held session is idle: closed after ~1 s with the idle code.
+    let frame = expect_close(&mut held, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(u16::from(frame.code), 4011);
+
+    // A token that expires mid-session ends it.
+    let short = env.sign(json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() + 2}));
+    let mut ws = env.open("lab-alice", "vm1", "vnc", &short).await;
+    rfb_handshake(&mut ws).await;
+    // Keep data flowing so idleness is not the cause.
+    let frame = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            let req = [3u8, 1, 0, 0, 0, 0, 0, 8, 0, 8];
+            let _ = ws.send(Message::Binary(req.to_vec().into())).await;
+            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => return f,
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(u16::from(frame.code), 4010, "{}", frame.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let env = start(Options::default()).await.unwrap();
+    let mut ws = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
+    rfb_handshake(&mut ws).await;
+    ws.close(None).await.unwrap();
+    let mut refused = env.open("lab-bob", "vm1", "vnc", &env.token(ALICE)).await;
+    assert_refused(&mut refused, 4003).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, text) = env.http("/metrics", &[]).await.unwrap();
+    assert_eq!(status, 200);
+
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package prometheus)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("labgate_gateway_sessions_total{kind=\"vnc\",outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("labgate_gateway_sessions_total{kind=\"vnc\",outcome=\"forbidden\"}"),
+        1.0
+    );
+    assert!(
+        value("labgate_gateway_bytes_total{direction=\"upstream_to_client\",kind=\"vnc\"}")
+            > 1000.0
+    );
+    assert_eq!(value("labgate_gateway_index_labs "), 2.0);
+    assert_eq!(value("labgate_gateway_active_sessions{kind=\"vnc\"}"), 0.0);
+    assert!(value("labgate_gateway_authorization_duration_seconds_count ") >= 2.0);
+    assert!(value("labgate_gateway_upstream_connect_duration_seconds_count ") >= 1.0);
+    assert!(value("labgate_gateway_token_cache_misses_total ") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_rotates_without_dropping_sessions() {
+    let env = start(Options::default()).await.unwrap();
+    let mut console = env
+        .open("lab-alice", "vm1", "console", &env.token(ALICE))
+        .await;
+    let before = peer_cert(&env).await;
+
+    // A new certificate from a different CA: new clients must trust it.
+    let new_ca = labgate_tests::certs::TestCa::new();
+    let (cert, key) = new_ca.leaf(&["localhost", "127.0.0.1"]);
+    std::fs::write(&env.key_path, key).unwrap();
+    std::fs::write(&env.cert_path, cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let tcp = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+        let connector =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(new_ca.client_config()));
+        if let Ok(tls) = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+        {
+            break tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        }
+        assert!(Instant::now() < deadline, "new certificate not served");
+    };
+    assert_ne!(before, after);
+    // The session opened before the rotation still works.
+    console
+        .send(Message::Binary(Bytes::from_static(
+            b"echo rotated-$((3*3))\r",
+        )))
+        .await
+        .unwrap();
+    ByteReader::new()
+        .read_until(&mut console, "rotated-9", Duration::from_secs(10))
+        .await;
+}
+
+async fn peer_cert(env: &Env) -> rustls::pki_types::CertificateDer<'static> {
+    let tls = env.tls_connect().await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
