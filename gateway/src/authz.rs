@@ -27,7 +27,10 @@ pub struct Grant {
 pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Grant, Refusal> {
     let in_scope = claims.lab.as_deref().is_none_or(|l| l == route.namespace)
         && claims.vmi.as_deref().is_none_or(|v| v == route.vmi)
-        && claims.kind.as_deref().is_none_or(|k| k == route.kind.as_str());
+        && claims
+            .kind
+            .as_deref()
+            .is_none_or(|k| k == route.kind.as_str());
     if !in_scope {
         return Err(Refusal::NotYours);
     }
@@ -114,7 +117,10 @@ mod tests {
         let r = route("lab-a", ConsoleKind::Vnc);
         assert!(authorize(&r, &claims("alice"), &index).is_ok());
         assert!(authorize(&r, &claims("tutor"), &index).is_ok());
-        assert_eq!(authorize(&r, &claims("mallory"), &index), Err(Refusal::NotYours));
+        assert_eq!(
+            authorize(&r, &claims("mallory"), &index),
+            Err(Refusal::NotYours)
+        );
         assert_eq!(
             authorize(&route("nope", ConsoleKind::Vnc), &claims("alice"), &index),
             Err(Refusal::NoSuchLab)

@@ -56,7 +56,11 @@ pub struct Config {
 
     /// Serve plain HTTP instead of TLS. Only for deployments where an ingress
     /// or service mesh terminates TLS in front of the gateway.
-    #[arg(long, env = "LABGATE_GATEWAY_INSECURE_PLAIN_HTTP", conflicts_with = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_INSECURE_PLAIN_HTTP",
+        conflicts_with = "tls_cert_file"
+    )]
     pub insecure_plain_http: bool,
 
     // --- tokens ------------------------------------------------------------
@@ -68,11 +72,19 @@ pub struct Config {
 
     /// HMAC secret file, as `path` or `kid=path` (repeatable). The file's bytes
     /// are the secret (one trailing newline is ignored).
-    #[arg(long, env = "LABGATE_GATEWAY_JWT_HMAC_SECRET_FILE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_JWT_HMAC_SECRET_FILE",
+        value_delimiter = ','
+    )]
     pub jwt_hmac_secret_file: Vec<KeyFile>,
 
     /// RSA, EC or Ed25519 public key in PEM, as `path` or `kid=path` (repeatable).
-    #[arg(long, env = "LABGATE_GATEWAY_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_JWT_PUBLIC_KEY_FILE",
+        value_delimiter = ','
+    )]
     pub jwt_public_key_file: Vec<KeyFile>,
 
     /// Accepted `iss` values (comma-separated); when set, tokens must carry `iss`.
@@ -88,7 +100,11 @@ pub struct Config {
     pub jwt_leeway: Duration,
 
     /// Verified tokens kept in memory.
-    #[arg(long, env = "LABGATE_GATEWAY_TOKEN_CACHE_SIZE", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_TOKEN_CACHE_SIZE",
+        default_value_t = 10_000
+    )]
     pub token_cache_size: u64,
 
     // --- Kubernetes ----------------------------------------------------------
@@ -103,7 +119,11 @@ pub struct Config {
     pub kube_api_url: Option<http::Uri>,
 
     /// Bearer-token file for --kube-api-url (re-read when it rotates).
-    #[arg(long, env = "LABGATE_GATEWAY_KUBE_TOKEN_FILE", requires = "kube_api_url")]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_KUBE_TOKEN_FILE",
+        requires = "kube_api_url"
+    )]
     pub kube_token_file: Option<PathBuf>,
 
     /// CA bundle (PEM) for --kube-api-url.
@@ -126,7 +146,11 @@ pub struct Config {
     pub max_sessions: usize,
 
     /// Sessions open at once per user.
-    #[arg(long, env = "LABGATE_GATEWAY_MAX_SESSIONS_PER_USER", default_value_t = 8)]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_MAX_SESSIONS_PER_USER",
+        default_value_t = 8
+    )]
     pub max_sessions_per_user: usize,
 
     /// Time allowed for the TLS handshake and for the HTTP request head.
@@ -168,7 +192,12 @@ pub struct Config {
 
     // --- logging -------------------------------------------------------------
     /// Log format.
-    #[arg(long, env = "LABGATE_GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info,labgate::audit=info`.
@@ -300,7 +329,8 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.settings().splice.idle_timeout, None);
 
-        let no_tls = Config::try_parse_from(["labgate-gateway", "--jwt-hmac-secret-file", "/s"]).unwrap();
+        let no_tls =
+            Config::try_parse_from(["labgate-gateway", "--jwt-hmac-secret-file", "/s"]).unwrap();
         assert!(no_tls.validate().unwrap_err().contains("TLS is required"));
         assert!(Config::try_parse_from(["labgate-gateway", "--jwt-algorithms", "none"]).is_err());
     }

@@ -283,7 +283,9 @@ pub async fn watch_labs_file(path: PathBuf, index: Arc<LabIndex>, interval: Dura
                     index.replace_all(labs);
                     tracing::info!(labs = index.len(), "labs file reloaded");
                 }
-                Err(e) => tracing::error!(error = %e, "labs file reload failed; keeping the previous labs"),
+                Err(e) => {
+                    tracing::error!(error = %e, "labs file reload failed; keeping the previous labs")
+                }
             }
         }
     }
@@ -323,13 +325,20 @@ mod tests {
     fn labs_file_parses_and_rejects_typos() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("labs.yaml");
-        std::fs::write(&p, "labs:\n  - namespace: lab-1\n    owner: a@x\n    members: [b@x]\n").unwrap();
+        std::fs::write(
+            &p,
+            "labs:\n  - namespace: lab-1\n    owner: a@x\n    members: [b@x]\n",
+        )
+        .unwrap();
         let labs = load_labs_file(&p).unwrap();
         match labs["lab-1"].clone() {
             LabEntry::Lab(l) => assert!(l.admits("b@x") && l.admits("a@x") && !l.admits("c@x")),
             other => panic!("{other:?}"),
         }
         std::fs::write(&p, "labs:\n  - namespace: lab-1\n    ownr: a@x\n").unwrap();
-        assert!(matches!(load_labs_file(&p), Err(LabsFileError::Parse { .. })));
+        assert!(matches!(
+            load_labs_file(&p),
+            Err(LabsFileError::Parse { .. })
+        ));
     }
 }

@@ -106,7 +106,10 @@ pub async fn run_with_listener(
     config.validate().map_err(anyhow::Error::msg)?;
 
     let metrics = Arc::new(Metrics::new());
-    let verifier = Arc::new(TokenVerifier::new(config.token_settings(), metrics.clone())?);
+    let verifier = Arc::new(TokenVerifier::new(
+        config.token_settings(),
+        metrics.clone(),
+    )?);
     // Background tasks end when this set is dropped (when `run` returns).
     let mut background = tokio::task::JoinSet::new();
     {
@@ -169,7 +172,10 @@ pub async fn run_with_listener(
         "labgate gateway listening"
     );
     if let Some(files) = &demo_files {
-        demo::print_instructions(local, &demo::token(&files.secret, Duration::from_secs(8 * 3600)));
+        demo::print_instructions(
+            local,
+            &demo::token(&files.secret, Duration::from_secs(8 * 3600)),
+        );
     }
     gateway.serve(listener, tls, shutdown).await;
     Ok(())

@@ -37,7 +37,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let active_sessions = IntGaugeVec::new(
-            Opts::new("labgate_gateway_active_sessions", "Sessions currently open, by kind."),
+            Opts::new(
+                "labgate_gateway_active_sessions",
+                "Sessions currently open, by kind.",
+            ),
             &["kind"],
         )
         .expect("valid metric");
@@ -74,7 +77,9 @@ impl Metrics {
                 "labgate_gateway_upstream_connect_duration_seconds",
                 "Time to open the upstream websocket to the VM.",
             )
-            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )
         .expect("valid metric");
         let index_labs = IntGauge::new(

@@ -83,7 +83,9 @@ impl Refusal {
             Refusal::VmBusy => "VM busy: someone else is viewing this screen",
             Refusal::LimitReached => "limit reached: too many open sessions",
             Refusal::Revoked => "access revoked: the lab was deleted or reassigned",
-            Refusal::SessionExpired => "session expired: the token ran out, reconnect with a new link",
+            Refusal::SessionExpired => {
+                "session expired: the token ran out, reconnect with a new link"
+            }
             Refusal::MaxDuration => "session ended: maximum session duration reached",
             Refusal::Idle => "session ended: idle for too long",
             Refusal::UpstreamError => "VM connection failed or was lost",

@@ -599,7 +599,12 @@ fn websocket_key<B>(req: &Request<B>) -> Result<Option<String>, ()> {
         .get(SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty());
-    match (req.method() == Method::GET, connection_upgrade, version_ok, key) {
+    match (
+        req.method() == Method::GET,
+        connection_upgrade,
+        version_ok,
+        key,
+    ) {
         (true, true, true, Some(key)) => Ok(Some(key.to_string())),
         _ => Err(()),
     }

@@ -115,7 +115,9 @@ impl ConsoleClaim {
         if let Some(prev) = self.previous.take() {
             prev.takeover_pending.store(false, Ordering::Release);
             if let Ok(mut consoles) = self.sessions.consoles.lock()
-                && consoles.get(&self.key).is_some_and(|h| h.id == self.hold.id)
+                && consoles
+                    .get(&self.key)
+                    .is_some_and(|h| h.id == self.hold.id)
             {
                 consoles.insert(self.key.clone(), prev);
             }
@@ -126,7 +128,9 @@ impl ConsoleClaim {
 impl Drop for ConsoleClaim {
     fn drop(&mut self) {
         if let Ok(mut consoles) = self.sessions.consoles.lock()
-            && consoles.get(&self.key).is_some_and(|h| h.id == self.hold.id)
+            && consoles
+                .get(&self.key)
+                .is_some_and(|h| h.id == self.hold.id)
         {
             consoles.remove(&self.key);
         }

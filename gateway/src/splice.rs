@@ -243,8 +243,10 @@ fn normal_close(reason: &'static str) -> CloseFrame {
 
 /// Sends a close frame (if `frame` is `Some`) and flushes whatever is queued,
 /// including close replies tungstenite queued on its own.
-async fn finish<S>(tx: &mut SplitSink<WebSocketStream<S>, Message>, frame: Option<Option<CloseFrame>>)
-where
+async fn finish<S>(
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    frame: Option<Option<CloseFrame>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(frame) = frame {
@@ -266,10 +268,8 @@ where
     R: AsyncRead + AsyncWrite + Unpin,
     W: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + ping_interval,
-        ping_interval,
-    );
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {

@@ -29,7 +29,10 @@ pub enum TlsError {
     #[error("{path} holds no PEM private key")]
     NoKey { path: PathBuf },
     #[error("private key in {path} is not usable: {source}")]
-    BadKey { path: PathBuf, source: rustls::Error },
+    BadKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("certificate and key do not match: {0}")]
     Mismatch(rustls::Error),
 }
@@ -129,14 +132,13 @@ pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Certified
             path: key_path.to_path_buf(),
         })?;
     let provider = rustls::crypto::ring::default_provider();
-    let signing_key =
-        provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|source| TlsError::BadKey {
-                path: key_path.to_path_buf(),
-                source,
-            })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsError::BadKey {
+            path: key_path.to_path_buf(),
+            source,
+        })?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(TlsError::Mismatch)?;
     Ok(certified)

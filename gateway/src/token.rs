@@ -245,7 +245,9 @@ impl TokenVerifier {
                 self.cache.invalidate_all();
                 tracing::info!("token keys reloaded");
             }
-            Err(e) => tracing::error!(error = %e, "token key reload failed; keeping the previous keys"),
+            Err(e) => {
+                tracing::error!(error = %e, "token key reload failed; keeping the previous keys")
+            }
         }
     }
 
@@ -325,7 +327,9 @@ mod tests {
         std::fs::write(dir.join("other"), "other-secret").unwrap();
         TokenSettings {
             algorithms: vec![Algorithm::HS256],
-            hmac_secret_files: vec![KeyFile::from_str(dir.join("secret").to_str().unwrap()).unwrap()],
+            hmac_secret_files: vec![
+                KeyFile::from_str(dir.join("secret").to_str().unwrap()).unwrap(),
+            ],
             public_key_files: vec![],
             issuers: vec!["portal".into()],
             audiences: vec!["labgate".into()],
@@ -335,7 +339,12 @@ mod tests {
     }
 
     fn sign(claims: serde_json::Value, secret: &[u8], alg: Algorithm) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     fn good_claims() -> serde_json::Value {
@@ -404,10 +413,20 @@ mod tests {
         let v = TokenVerifier::new(s, Arc::new(Metrics::new())).unwrap();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k2".into());
-        let t = encode(&header, &good_claims(), &EncodingKey::from_secret(b"other-secret")).unwrap();
+        let t = encode(
+            &header,
+            &good_claims(),
+            &EncodingKey::from_secret(b"other-secret"),
+        )
+        .unwrap();
         assert!(v.verify(&t).await.is_ok());
         header.kid = Some("unknown".into());
-        let t2 = encode(&header, &good_claims(), &EncodingKey::from_secret(b"other-secret")).unwrap();
+        let t2 = encode(
+            &header,
+            &good_claims(),
+            &EncodingKey::from_secret(b"other-secret"),
+        )
+        .unwrap();
         assert_eq!(v.verify(&t2).await, Err(TokenError::Invalid));
 
         // Rotate k2: old tokens stop working even though they were cached.
@@ -422,7 +441,10 @@ mod tests {
     fn key_file_syntax() {
         assert_eq!(
             KeyFile::from_str("k1=/etc/key.pem").unwrap(),
-            KeyFile { kid: Some("k1".into()), path: "/etc/key.pem".into() }
+            KeyFile {
+                kid: Some("k1".into()),
+                path: "/etc/key.pem".into()
+            }
         );
         assert_eq!(KeyFile::from_str("/etc/key.pem").unwrap().kid, None);
         assert!(KeyFile::from_str("=x").is_err());

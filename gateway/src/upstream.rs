@@ -97,8 +97,11 @@ pub type ConnectFuture<'a> =
 /// Opens upstream websockets to VM consoles.
 pub trait Backend: Send + Sync + 'static {
     /// Opens the console `target` with websocket settings `config`.
-    fn connect<'a>(&'a self, target: UpstreamTarget<'a>, config: WebSocketConfig)
-    -> ConnectFuture<'a>;
+    fn connect<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+        config: WebSocketConfig,
+    ) -> ConnectFuture<'a>;
 }
 
 /// Opens KubeVirt subresources through the Kubernetes API server.
@@ -199,7 +202,11 @@ async fn collect_limited(body: kube::client::Body) -> String {
 pub fn classify_refusal(status: StatusCode, body: &str) -> UpstreamError {
     let message = serde_json::from_str::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| body.chars().take(200).collect());
     match status.as_u16() {
         404 => UpstreamError::NotFound,
