@@ -1,0 +1,603 @@
+//! End to end against the stand-in API server: reconciler, webhook over real HTTPS,
+//! and users (portal service account, student) driving the API.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Api, ResourceExt};
+use labgate_policies::{
+    EgressMode, ISOLATION_POLICY_NAME, LAB_LABEL, OWNER_ANNOTATION, OWNER_HASH_LABEL, owner_hash,
+};
+use serde_json::json;
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap()
+}
+
+fn vmi_api(client: kube::Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+        "virtualmachineinstances",
+    );
+    Api::namespaced_with(client, ns, &ar)
+}
+
+fn vmi(name: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+        "spec": {"domain": {"devices": {}}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_namespace_gets_the_policy_within_a_second() {
+    let h = Harness::start(&[]).await;
+    let namespaces = Api::<Namespace>::all(h.portal());
+    let started = Instant::now();
+    namespaces
+        .create(&PostParams::default(), &lab_namespace("lab-a", STUDENT))
+        .await
+        .unwrap();
+    assert!(
+        h.wait_policy("lab-a", Duration::from_secs(1), EgressMode::Standard)
+            .await,
+        "policy not created within 1 s"
+    );
+    tracing::info!(elapsed = ?started.elapsed(), "policy created");
+
+    // Written by server-side apply with our field manager.
+    let policy = h.standin.get_json(&policy_path("lab-a")).unwrap();
+    let managers: Vec<_> = policy["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"labgate-admission"),
+        "managed fields: {managers:?}"
+    );
+    let apply_requests = h
+        .standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/networkpolicies/labgate-isolation"))
+        .collect::<Vec<_>>();
+    assert!(
+        apply_requests
+            .iter()
+            .all(|r| r.query.contains("fieldManager=labgate-admission")
+                && r.query.contains("force=true"))
+    );
+
+    // Reported as a Kubernetes Event in the lab and in metrics.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(h.portal(), "lab-a");
+    let mut event_seen = None;
+    for _ in 0..100 {
+        let list = events.list(&Default::default()).await.unwrap();
+        event_seen = list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("IsolationPolicyCreated")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                    == Some(ISOLATION_POLICY_NAME)
+        });
+        if event_seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        event_seen.is_some(),
+        "an IsolationPolicyCreated event is published in the lab namespace"
+    );
+    let metrics = h.running.metrics.render();
+    assert!(
+        metrics.contains("labgate_admission_reconcile_actions_total{action=\"created\"} 1"),
+        "{metrics}"
+    );
+
+    // A namespace that is not a lab gets nothing.
+    let mut plain = Namespace::default();
+    plain.metadata.name = Some("scratch".into());
+    Api::<Namespace>::all(h.student())
+        .create(&PostParams::default(), &plain)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.standin.get_json(&policy_path("scratch")).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_cannot_be_deleted_or_weakened_and_forced_changes_are_repaired() {
+    let h = Harness::start(&[]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-b", STUDENT))
+        .await
+        .unwrap();
+    assert!(
+        h.wait_policy("lab-b", Duration::from_secs(1), EgressMode::Standard)
+            .await
+    );
+    h.wait_cached_policy("lab-b").await;
+
+    for client in [h.student(), h.portal()] {
+        let policies = Api::<NetworkPolicy>::namespaced(client, "lab-b");
+        let err = policies
+            .delete(ISOLATION_POLICY_NAME, &DeleteParams::default())
+            .await
+            .unwrap_err();
+        let msg = api_message(&err);
+        assert!(
+            msg.contains("rule policy-protected") && msg.contains("(403)"),
+            "{msg}"
+        );
+
+        // An edit that opens egress is denied.
+        let mut weakened = policies.get(ISOLATION_POLICY_NAME).await.unwrap();
+        let spec = weakened.spec.as_mut().unwrap();
+        spec.policy_types = Some(vec!["Ingress".into()]);
+        spec.egress = None;
+        let err = policies
+            .replace(ISOLATION_POLICY_NAME, &PostParams::default(), &weakened)
+            .await
+            .unwrap_err();
+        assert!(
+            api_message(&err).contains("rule policy-immutable"),
+            "{}",
+            api_message(&err)
+        );
+
+        // A merge patch to the ingress rule is denied the same way.
+        let patch = json!({"spec": {"ingress": [{}]}});
+        let err = policies
+            .patch(
+                ISOLATION_POLICY_NAME,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            api_message(&err).contains("rule policy-immutable"),
+            "{}",
+            api_message(&err)
+        );
+    }
+    assert!(h.standin.get_json(&policy_path("lab-b")).is_some());
+
+    // Other NetworkPolicies stay the lab owner's business.
+    let mine: NetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-web"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}
+    }))
+    .unwrap();
+    let student_policies = Api::<NetworkPolicy>::namespaced(h.student(), "lab-b");
+    student_policies
+        .create(&PostParams::default(), &mine)
+        .await
+        .unwrap();
+    student_policies
+        .delete("allow-web", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Forced deletion (bypassing admission) is repaired within a second.
+    h.standin.delete_json(&policy_path("lab-b"));
+    let t = Instant::now();
+    assert!(
+        h.wait_policy("lab-b", Duration::from_secs(1), EgressMode::Standard)
+            .await,
+        "deletion not repaired"
+    );
+    tracing::info!(elapsed = ?t.elapsed(), "deletion repaired");
+
+    let metrics = h.running.metrics.render();
+    assert!(
+        metrics.contains("labgate_admission_reconcile_actions_total{action=\"created\"} 2"),
+        "{metrics}"
+    );
+
+    // Forced weakening is repaired within a second.
+    let mut forced = h.standin.get_json(&policy_path("lab-b")).unwrap();
+    forced["spec"]["policyTypes"] = json!(["Ingress"]);
+    forced["spec"].as_object_mut().unwrap().remove("egress");
+    forced["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ownerReferences");
+    h.standin.put_json(&policy_path("lab-b"), forced);
+    assert!(
+        !EgressMode::Standard.is_canonical(
+            serde_json::from_value(
+                h.standin.get_json(&policy_path("lab-b")).unwrap()["spec"].clone()
+            )
+            .ok()
+            .as_ref()
+        )
+    );
+    assert!(
+        h.wait_policy("lab-b", Duration::from_secs(1), EgressMode::Standard)
+            .await,
+        "edit not repaired"
+    );
+    let metrics = h.running.metrics.render();
+    assert!(
+        metrics.contains("labgate_admission_reconcile_actions_total{action=\"repaired\"} 1"),
+        "{metrics}"
+    );
+
+    // Denials carry the audit annotation naming the rule.
+    let denials = h.denials();
+    assert!(
+        denials
+            .iter()
+            .all(|d| d.response["auditAnnotations"]["denied-rule"].is_string())
+    );
+    assert!(
+        denials
+            .iter()
+            .any(|d| d.response["auditAnnotations"]["denied-rule"] == "policy-protected")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_name_with_another_spec_cannot_be_created() {
+    // Without the reconciler, the window before the policy exists stays open.
+    let h = Harness::start(&["--no-reconciler"]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-c", STUDENT))
+        .await
+        .unwrap();
+    let mut weak = EgressMode::Standard.policy("lab-c");
+    weak.spec.as_mut().unwrap().egress = None;
+    weak.spec.as_mut().unwrap().policy_types = Some(vec!["Ingress".into()]);
+    let policies = Api::<NetworkPolicy>::namespaced(h.student(), "lab-c");
+    let err = policies
+        .create(&PostParams::default(), &weak)
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule policy-name-reserved"),
+        "{}",
+        api_message(&err)
+    );
+    // The canonical spec may be created by anyone (it is what the reconciler writes).
+    policies
+        .create(
+            &PostParams::default(),
+            &EgressMode::Standard.policy("lab-c"),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_wait_for_the_policy() {
+    let h = Harness::start(&["--no-reconciler"]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-d", STUDENT))
+        .await
+        .unwrap();
+    // Wait until the cache knows the namespace, so the denial is the policy one.
+    let cache = h.running.cache.clone();
+    eventually(Duration::from_secs(5), || {
+        use labgate_admission::ClusterView;
+        matches!(
+            cache.namespace("lab-d"),
+            labgate_admission::decide::NamespaceState::Lab { .. }
+        )
+        .then_some(())
+    })
+    .await
+    .unwrap();
+
+    let pods = Api::<Pod>::namespaced(h.portal(), "lab-d");
+    let err = pods
+        .create(&PostParams::default(), &pod("p1"))
+        .await
+        .unwrap_err();
+    let msg = api_message(&err);
+    assert!(
+        msg.contains("rule policy-missing")
+            && msg.contains("labgate-isolation")
+            && msg.contains("retry"),
+        "{msg}"
+    );
+    let vmis = vmi_api(h.portal(), "lab-d");
+    let err = vmis
+        .create(&PostParams::default(), &vmi("vm1"))
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule policy-missing"),
+        "{}",
+        api_message(&err)
+    );
+    assert!(
+        h.standin
+            .get_json("/api/v1/namespaces/lab-d/pods/p1")
+            .is_none()
+    );
+
+    // Start the reconciler now: the policy appears and the same requests pass.
+    let shutdown = h.shutdown.child_token();
+    tokio::spawn(labgate_admission::reconcile::run(
+        h.standin.client(ADMISSION_TOKEN),
+        EgressMode::Standard,
+        labgate_admission::Metrics::new(),
+        shutdown,
+    ));
+    assert!(
+        h.wait_policy("lab-d", Duration::from_secs(1), EgressMode::Standard)
+            .await
+    );
+    h.wait_cached_policy("lab-d").await;
+    pods.create(&PostParams::default(), &pod("p1"))
+        .await
+        .unwrap();
+    vmis.create(&PostParams::default(), &vmi("vm1"))
+        .await
+        .unwrap();
+
+    // Namespaces that are not labs are never gated.
+    let mut plain = Namespace::default();
+    plain.metadata.name = Some("plain".into());
+    Api::<Namespace>::all(h.student())
+        .create(&PostParams::default(), &plain)
+        .await
+        .unwrap();
+    Api::<Pod>::namespaced(h.student(), "plain")
+        .create(&PostParams::default(), &pod("p"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_termination_lets_the_policy_go() {
+    // Only the namespace phase may explain the delete: the controller username
+    // here is not the configured one (it differs between distributions).
+    let h = Harness::start(&[
+        "--namespace-controller-user",
+        "system:kube-controller-manager",
+    ])
+    .await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-e", STUDENT))
+        .await
+        .unwrap();
+    assert!(
+        h.wait_policy("lab-e", Duration::from_secs(1), EgressMode::Standard)
+            .await
+    );
+    h.wait_cached_policy("lab-e").await;
+
+    Api::<Namespace>::all(h.portal())
+        .delete("lab-e", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(5), || {
+        (h.standin.get_json("/api/v1/namespaces/lab-e").is_none()).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "namespace deletion was blocked; denials: {:?}",
+        h.denials()
+    );
+    assert!(h.standin.get_json(&policy_path("lab-e")).is_none());
+    let policy_deletes: Vec<_> = h
+        .dispatched
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d.review["request"]["operation"] == "DELETE" && d.webhook.starts_with("policies.")
+        })
+        .cloned()
+        .collect();
+    assert!(
+        !policy_deletes.is_empty(),
+        "the policy DELETE went through the webhook"
+    );
+    assert!(policy_deletes.iter().all(|d| d.allowed));
+    // The reconciler does not bring it back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.standin.get_json(&policy_path("lab-e")).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_portal_principals_write_lab_labels() {
+    let h = Harness::start(&["--no-reconciler"]).await;
+    let student_ns = Api::<Namespace>::all(h.student());
+    let portal_ns = Api::<Namespace>::all(h.portal());
+
+    // A student cannot create a lab namespace.
+    let err = student_ns
+        .create(&PostParams::default(), &lab_namespace("lab-f", STUDENT))
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule lab-create-restricted"),
+        "{}",
+        api_message(&err)
+    );
+    assert!(h.standin.get_json("/api/v1/namespaces/lab-f").is_none());
+
+    // The portal can.
+    portal_ns
+        .create(&PostParams::default(), &lab_namespace("lab-f", STUDENT))
+        .await
+        .unwrap();
+
+    // The student cannot relabel the owner (annotation + matching hash)...
+    let mallory = "mallory@example.com";
+    let relabel = json!({"metadata": {
+        "annotations": {OWNER_ANNOTATION: mallory},
+        "labels": {OWNER_HASH_LABEL: owner_hash(mallory)}}});
+    let err = student_ns
+        .patch("lab-f", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule owner-immutable"),
+        "{}",
+        api_message(&err)
+    );
+    // ...add members...
+    let members = json!({"metadata": {"annotations": {"labgate.io/members": mallory}}});
+    let err = student_ns
+        .patch("lab-f", &PatchParams::default(), &Patch::Merge(&members))
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule members-immutable"),
+        "{}",
+        api_message(&err)
+    );
+    // ...or strip the lab label (the objectSelector still matches the old object).
+    let strip = json!({"metadata": {"labels": {LAB_LABEL: null}}});
+    let err = student_ns
+        .patch("lab-f", &PatchParams::default(), &Patch::Merge(&strip))
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule lab-marking-immutable"),
+        "{}",
+        api_message(&err)
+    );
+    // An unrelated label is fine.
+    let course = json!({"metadata": {"labels": {"course": "net101"}}});
+    student_ns
+        .patch("lab-f", &PatchParams::default(), &Patch::Merge(&course))
+        .await
+        .unwrap();
+    let ns = h.standin.get_json("/api/v1/namespaces/lab-f").unwrap();
+    assert_eq!(ns["metadata"]["annotations"][OWNER_ANNOTATION], STUDENT);
+    assert_eq!(ns["metadata"]["labels"][LAB_LABEL], "true");
+
+    // A student cannot turn an existing plain namespace into a lab either.
+    let mut plain = Namespace::default();
+    plain.metadata.name = Some("plain".into());
+    student_ns
+        .create(&PostParams::default(), &plain)
+        .await
+        .unwrap();
+    let mark = json!({"metadata": {"labels": {LAB_LABEL: "true", OWNER_HASH_LABEL: owner_hash(STUDENT)},
+                                   "annotations": {OWNER_ANNOTATION: STUDENT}}});
+    let err = student_ns
+        .patch("plain", &PatchParams::default(), &Patch::Merge(&mark))
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule lab-create-restricted"),
+        "{}",
+        api_message(&err)
+    );
+
+    // The portal can change the owner, but only consistently, and can strip the label.
+    let half = json!({"metadata": {"annotations": {OWNER_ANNOTATION: mallory}}});
+    let err = portal_ns
+        .patch("lab-f", &PatchParams::default(), &Patch::Merge(&half))
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule lab-malformed"),
+        "{}",
+        api_message(&err)
+    );
+    portal_ns
+        .patch("lab-f", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    portal_ns
+        .patch("lab-f", &PatchParams::default(), &Patch::Merge(&strip))
+        .await
+        .unwrap();
+    let ns = h.standin.get_json("/api/v1/namespaces/lab-f").unwrap();
+    assert_eq!(ns["metadata"]["annotations"][OWNER_ANNOTATION], mallory);
+    assert!(ns["metadata"]["labels"].get(LAB_LABEL).is_none());
+
+    // Every denial names its rule in the message and the audit annotation.
+    for d in h.denials() {
+        let rule = d.response["auditAnnotations"]["denied-rule"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            d.response["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("rule {rule}:"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_leaves_no_trace() {
+    let h = Harness::start(&[]).await;
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    // A portal's dry-run lab is validated and allowed, but nothing is stored or reconciled.
+    let created = Api::<Namespace>::all(h.portal())
+        .create(&dry, &lab_namespace("lab-g", STUDENT))
+        .await
+        .unwrap();
+    assert_eq!(created.name_any(), "lab-g");
+    // The student's dry run is validated (and denied) all the same.
+    let err = Api::<Namespace>::all(h.student())
+        .create(&dry, &lab_namespace("lab-h", STUDENT))
+        .await
+        .unwrap_err();
+    assert!(api_message(&err).contains("rule lab-create-restricted"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.standin.get_json("/api/v1/namespaces/lab-g").is_none());
+    assert!(h.standin.get_json(&policy_path("lab-g")).is_none());
+    let dispatched = h.dispatched.lock().unwrap().clone();
+    assert!(
+        dispatched
+            .iter()
+            .all(|d| d.review["request"]["dryRun"] == true)
+    );
+    assert_eq!(dispatched.len(), 2);
+    let metrics = h.running.metrics.render();
+    assert!(!metrics.contains("action=\"created\""), "{metrics}");
+    // The webhook itself wrote nothing to the API during those reviews.
+    let writes: Vec<_> = h
+        .standin
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.user.as_deref() == Some("system:serviceaccount:labgate-system:labgate-admission")
+        })
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_egress_is_applied_when_configured() {
+    let h = Harness::start(&["--egress", "strict"]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-s", STUDENT))
+        .await
+        .unwrap();
+    assert!(
+        h.wait_policy("lab-s", Duration::from_secs(1), EgressMode::Strict)
+            .await
+    );
+}
