@@ -1,0 +1,171 @@
+//! The benchmark's stand-in for KubeVirt: serves the `vnc`/`console` subresource paths as
+//! websockets (stream or echo mode, picked by the VMI name) and the same two modes over plain
+//! TCP for websockify (the first byte picks the mode). Prints its addresses as one JSON line.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use labgate_bench::pattern::Pattern;
+use labgate_bench::upstream_path::{Mode, mode_for_path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+const KUBEVIRT_PROTOCOL: &str = "plain.kubevirt.io";
+
+#[derive(Parser)]
+#[command(about = "KubeVirt-like websocket and TCP upstream for the labgate benchmarks")]
+struct Args {
+    /// Websocket listener (KubeVirt subresource paths).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    ws_listen: SocketAddr,
+    /// Plain TCP listener (first byte `S` = stream, `E` = echo), for websockify.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    tcp_listen: SocketAddr,
+    /// Size of each message (websocket) or write (TCP) in stream mode.
+    #[arg(long, default_value_t = 64 * 1024)]
+    stream_message_bytes: usize,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ws_listener = TcpListener::bind(args.ws_listen).await.context("bind websocket listener")?;
+    let tcp_listener = TcpListener::bind(args.tcp_listen).await.context("bind TCP listener")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "ws_addr": ws_listener.local_addr()?.to_string(),
+            "tcp_addr": tcp_listener.local_addr()?.to_string(),
+        })
+    );
+    let pattern = Pattern::new(args.stream_message_bytes);
+    let size = args.stream_message_bytes;
+    let ws_pattern = pattern.clone();
+    tokio::spawn(async move {
+        loop {
+            match ws_listener.accept().await {
+                Ok((sock, _)) => {
+                    tokio::spawn(serve_websocket(sock, ws_pattern.clone(), size));
+                }
+                Err(e) => accept_error(e).await,
+            }
+        }
+    });
+    loop {
+        match tcp_listener.accept().await {
+            Ok((sock, _)) => {
+                tokio::spawn(serve_tcp(sock, pattern.clone(), size));
+            }
+            Err(e) => accept_error(e).await,
+        }
+    }
+}
+
+/// Running out of file descriptors must not spin the accept loop.
+async fn accept_error(e: std::io::Error) {
+    eprintln!("accept failed: {e}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+async fn serve_websocket(sock: TcpStream, pattern: Pattern, size: usize) {
+    let _ = sock.set_nodelay(true);
+    let mut mode = None;
+    let answer = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        mode = mode_for_path(&req.uri().to_string());
+        if mode.is_none() {
+            let mut refusal = ErrorResponse::new(Some("no such virtual machine instance".into()));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            return Err(refusal);
+        }
+        // Like KubeVirt's upgrader: echo plain.kubevirt.io only when the client offered it.
+        let offered = req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == KUBEVIRT_PROTOCOL);
+        if offered {
+            resp.headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(KUBEVIRT_PROTOCOL));
+        }
+        Ok(resp)
+    };
+    // Small read buffers keep 10,000 idle echo sessions cheap on the load side of the bench.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(sock, answer, Some(config)).await else {
+        return;
+    };
+    match mode {
+        Some(Mode::Stream) => {
+            let (mut sink, mut incoming) = ws.split();
+            let send_forever = async {
+                let mut offset = 0u64;
+                loop {
+                    sink.send(Message::Binary(pattern.chunk(offset, size))).await?;
+                    offset += size as u64;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+            };
+            // Keep reading so pings are answered and a close is noticed.
+            let read_until_closed = async {
+                while let Some(Ok(msg)) = incoming.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = send_forever => {}
+                _ = read_until_closed => {}
+            }
+        }
+        Some(Mode::Echo) => {
+            let mut ws = ws;
+            while let Some(Ok(msg)) = ws.next().await {
+                match msg {
+                    // KubeVirt's binaryReader ignores text messages; so does this upstream.
+                    Message::Binary(data) => {
+                        if ws.send(Message::Binary(data)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        }
+        None => {}
+    }
+}
+
+async fn serve_tcp(mut sock: TcpStream, pattern: Pattern, size: usize) {
+    let _ = sock.set_nodelay(true);
+    let mut selector = [0u8; 1];
+    if sock.read_exact(&mut selector).await.is_err() {
+        return;
+    }
+    match Mode::from_tcp_selector(selector[0]) {
+        Some(Mode::Stream) => {
+            let mut offset = 0u64;
+            loop {
+                if sock.write_all(&pattern.chunk(offset, size)).await.is_err() {
+                    return;
+                }
+                offset += size as u64;
+            }
+        }
+        Some(Mode::Echo) => {
+            let (mut reader, mut writer) = sock.split();
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        }
+        None => {}
+    }
+}

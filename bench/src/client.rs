@@ -1,0 +1,98 @@
+//! Connecting the load generator to a contender: URL template, optional TLS with a test
+//! CA, a fresh token per connection and, behind websockify, the TCP mode selector byte.
+
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use futures::SinkExt;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
+
+use crate::token::TokenMinter;
+use crate::upstream_path::Mode;
+
+/// A plain or TLS connection to a contender.
+pub type Conn = Either<TcpStream, TlsStream<TcpStream>>;
+/// A websocket session with a contender.
+pub type Ws = WebSocketStream<Conn>;
+
+/// Where and how to open sessions with one contender.
+pub struct Target {
+    /// `ws://` or `wss://` URL with placeholders `{vmi}`, `{sub}` (from the mode) and `{token}`.
+    pub url_template: String,
+    /// Set for `wss://` targets.
+    pub tls: Option<TlsConnector>,
+    /// Send the mode selector byte first (websockify bridges to the plain TCP upstream).
+    pub tcp_mode_selector: bool,
+    /// Signs a fresh token for each connection when the template has `{token}`.
+    pub minter: Option<TokenMinter>,
+    pub config: WebSocketConfig,
+}
+
+impl Target {
+    /// The URL for one new session in `mode` (mints a token if the template needs one).
+    pub fn url(&self, mode: Mode) -> anyhow::Result<String> {
+        let mut url = self
+            .url_template
+            .replace("{vmi}", mode.vmi())
+            .replace("{sub}", mode.subresource());
+        if url.contains("{token}") {
+            let minter = self.minter.as_ref().ok_or_else(|| anyhow!("the URL needs a token but no JWT secret was given"))?;
+            url = url.replace("{token}", &minter.mint()?);
+        }
+        Ok(url)
+    }
+
+    /// Opens a session: TCP, TLS if configured, websocket handshake, mode selector.
+    pub async fn connect(&self, mode: Mode) -> anyhow::Result<Ws> {
+        let url = self.url(mode)?;
+        let request = url.as_str().into_client_request().context("bad target URL")?;
+        let host = request.uri().host().ok_or_else(|| anyhow!("target URL has no host"))?.to_owned();
+        let port = request
+            .uri()
+            .port_u16()
+            .ok_or_else(|| anyhow!("target URL has no port"))?;
+        let tcp = TcpStream::connect((host.as_str(), port)).await.context("TCP connect")?;
+        tcp.set_nodelay(true)?;
+        let conn = match &self.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(host.clone()).context("bad TLS server name")?;
+                Either::Right(tls.connect(name, tcp).await.context("TLS handshake")?)
+            }
+            None => Either::Left(tcp),
+        };
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, conn, Some(self.config))
+            .await
+            .context("websocket handshake")?;
+        if self.tcp_mode_selector {
+            ws.send(Message::Binary(Bytes::from(vec![mode.tcp_selector()]))).await?;
+        }
+        Ok(ws)
+    }
+}
+
+/// A TLS client that trusts only the CA in `ca_pem` and never resumes sessions, so every
+/// handshake in the benchmark is a full one for every TLS contender alike.
+pub fn tls_connector(ca_pem: &[u8]) -> anyhow::Result<TlsConnector> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(cert.context("bad CA PEM")?)?;
+    }
+    if roots.is_empty() {
+        bail!("no certificate in the CA file");
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(TlsConnector::from(Arc::new(config)))
+}

@@ -1,0 +1,276 @@
+//! The results of one run, their medians, the ratios and target checks, and the Markdown report.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::plan::{METRICS, Metric, Plan};
+use crate::stats::median;
+
+/// Whether a contender ran, and why not if it did not.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContenderStatus {
+    pub name: String,
+    pub description: String,
+    pub tls: bool,
+    /// `ran`, `failed: ...` or `skipped: ...`.
+    pub status: String,
+}
+
+/// One scenario run against one contender.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub contender: String,
+    pub repeat: usize,
+    pub scenario: String,
+    pub result: Value,
+}
+
+impl RunRecord {
+    pub fn ok(&self) -> bool {
+        self.result["ok"].as_bool().unwrap_or(false)
+    }
+}
+
+/// The median of one metric for one contender.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub median: Option<f64>,
+    pub values: Vec<f64>,
+    /// Some repeat of the scenario failed its functional checks.
+    pub failed: bool,
+}
+
+/// Everything one run produced; serialised to results.json and rendered to RESULTS.md.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub mode: String,
+    pub started_utc: String,
+    pub finished_utc: String,
+    pub machine: BTreeMap<String, String>,
+    pub plan: Plan,
+    pub contenders: Vec<ContenderStatus>,
+    pub runs: Vec<RunRecord>,
+    pub summary: BTreeMap<String, BTreeMap<String, Summary>>,
+    pub targets: Vec<TargetCheck>,
+    pub profile: Option<String>,
+}
+
+/// One target from the issue, checked on this run's medians.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub labgate: Option<f64>,
+    pub reference: Option<f64>,
+    /// labgate / reference (or reference / labgate where the target is "N× better").
+    pub ratio: Option<f64>,
+    pub met: Option<bool>,
+}
+
+impl Results {
+    /// Medians of every metric over the repeats that produced it.
+    pub fn summarize(&mut self) {
+        self.summary.clear();
+        for c in &self.contenders {
+            let mut per_metric = BTreeMap::new();
+            for m in METRICS {
+                let runs: Vec<&RunRecord> = self
+                    .runs
+                    .iter()
+                    .filter(|r| r.contender == c.name && r.scenario == m.scenario)
+                    .collect();
+                let values: Vec<f64> = runs.iter().filter(|r| r.ok()).filter_map(|r| r.result[m.field].as_f64()).collect();
+                per_metric.insert(
+                    m.key.to_owned(),
+                    Summary { median: median(&values), values, failed: runs.iter().any(|r| !r.ok()) },
+                );
+            }
+            self.summary.insert(c.name.clone(), per_metric);
+        }
+        self.targets = self.check_targets();
+    }
+
+    pub fn value(&self, contender: &str, metric: &str) -> Option<f64> {
+        self.summary.get(contender)?.get(metric)?.median
+    }
+
+    /// Any scenario of any contender that failed its functional checks.
+    pub fn failures(&self) -> Vec<&RunRecord> {
+        self.runs.iter().filter(|r| !r.ok()).collect()
+    }
+
+    fn check_targets(&self) -> Vec<TargetCheck> {
+        let mut checks = Vec::new();
+        let mut ratio_check = |target: String, lab: &str, reference: &str, metric: &str, invert: bool, ok: &dyn Fn(f64) -> bool| {
+            let (l, r) = (self.value(lab, metric), self.value(reference, metric));
+            let ratio = match (l, r) {
+                (Some(l), Some(r)) if !invert && r > 0.0 => Some(l / r),
+                (Some(l), Some(r)) if invert && l > 0.0 => Some(r / l),
+                _ => None,
+            };
+            checks.push(TargetCheck { target, labgate: l, reference: r, ratio, met: ratio.map(ok) });
+        };
+        for (lab, nginx) in [("labgate", "nginx-tuned"), ("labgate-tls", "nginx-tuned-tls")] {
+            ratio_check(format!("{lab}: throughput 1 session ≥ {nginx}"), lab, nginx, "thr_one", false, &|x| x >= 1.0);
+            ratio_check(format!("{lab}: throughput many sessions ≥ {nginx}"), lab, nginx, "thr_many", false, &|x| x >= 1.0);
+            ratio_check(format!("{lab}: CPU s/GB (1 session) ≤ 0.85× {nginx}"), lab, nginx, "cpu_one", false, &|x| x <= 0.85);
+            ratio_check(format!("{lab}: CPU s/GB (many sessions) ≤ 0.85× {nginx}"), lab, nginx, "cpu_many", false, &|x| x <= 0.85);
+            ratio_check(format!("{lab}: RTT p99 ≤ {nginx}"), lab, nginx, "rtt_p99", false, &|x| x <= 1.0);
+        }
+        ratio_check("labgate: handshakes/s ≥ 1.5× nginx-tuned (plain)".into(), "labgate", "nginx-tuned", "hs_rate", false, &|x| x >= 1.5);
+        ratio_check("labgate-tls: handshakes/s vs nginx-tuned-tls (information)".into(), "labgate-tls", "nginx-tuned-tls", "hs_rate", false, &|x| x >= 1.0);
+        for other in ["websockify", "python-relay"] {
+            ratio_check(format!("labgate: RTT p99 ≥ 4× better than {other}"), "labgate", other, "rtt_p99", true, &|x| x >= 4.0);
+        }
+        let idle = self.value("labgate", "idle_kib");
+        checks.push(TargetCheck {
+            target: "labgate: ≤ 8 KiB proxy memory per idle session".into(),
+            labgate: idle,
+            reference: Some(8.0),
+            ratio: idle.map(|v| v / 8.0),
+            met: idle.map(|v| v <= 8.0),
+        });
+        checks
+    }
+
+    /// The Markdown report.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let p = &self.plan;
+        let _ = writeln!(md, "# labgate benchmark results ({})\n", self.mode);
+        let _ = writeln!(
+            md,
+            "Run {} → {} UTC. Medians of {} repeat(s) per scenario; every number in one table comes from the same run. \
+             Generated by `bench/run.sh`{}; raw data in `results.json`, chart in `chart.png`.\n",
+            self.started_utc,
+            self.finished_utc,
+            p.repeats,
+            if p.smoke { " --smoke (1 short repeat: functional check, the numbers mean little)" } else { "" }
+        );
+        let _ = writeln!(md, "![chart](chart.png)\n");
+        let _ = writeln!(md, "## Machine\n\n| | |\n|---|---|");
+        for (k, v) in &self.machine {
+            let _ = writeln!(md, "| {k} | {} |", v.replace('|', "/").replace('\n', " "));
+        }
+        let _ = writeln!(md, "\n## Setup\n");
+        let _ = writeln!(
+            md,
+            "- Every proxy runs pinned to core 1 (`taskset -c 1`, so labgate's runtime has one worker thread, nginx one worker, \
+             Python one process); the load generator and the upstream share core 0. Direct has no proxy, so core 1 is idle.\n\
+             - Stream sessions receive 64 KiB binary messages as fast as the sockets take them; every byte is checked. \
+             CPU s/GB = proxy utime+stime (whole process tree, /proc) during the window ÷ GB relayed.\n\
+             - RTT: {} echo sessions, each sending 64 B every 10 ms (paced, not closed-loop) and timing the echo.\n\
+             - Handshakes: workers loop TCP connect (+TLS, no session resumption) → websocket handshake with a freshly minted \
+             HS256 token (labgate, python-relay check it; nginx and websockify check none) → first echo; closes run in the background.\n\
+             - Idle: proxy memory (PSS summed over the process tree) before and after opening {} sessions (websockify {}; it \
+             forks per connection), divided by the sessions. {}\n\
+             - Scenarios: {}.\n",
+            p.rtt_sessions,
+            p.idle_sessions,
+            p.idle_sessions_forking,
+            if p.idle_sessions < 10_000 && !p.smoke {
+                "10,000 sessions need 20,000+ descriptors in the proxy; this machine's hard open-files limit allows fewer, hence the count."
+            } else {
+                ""
+            },
+            p.scenarios.iter().map(|s| s.title.clone()).collect::<Vec<_>>().join("; ")
+        );
+        let _ = writeln!(md, "## Contenders\n\n| Contender | What | Status |\n|---|---|---|");
+        for c in &self.contenders {
+            let _ = writeln!(md, "| {} | {} | {} |", c.name, c.description, c.status);
+        }
+        let _ = writeln!(md, "\n## Results (medians)\n");
+        let header: Vec<String> = METRICS.iter().map(|m| format!("{} ({})", m.title, m.unit)).collect();
+        let _ = writeln!(md, "| Contender | {} |", header.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(METRICS.len()));
+        for c in self.ran() {
+            let cells: Vec<String> = METRICS.iter().map(|m| self.cell(&c.name, m)).collect();
+            let _ = writeln!(md, "| {} | {} |", c.name, cells.join(" | "));
+        }
+        let _ = writeln!(md, "\n## Ratios\n\nTo direct (throughput) and to tuned nginx of the same transport (plain or TLS); \
+            for throughput and handshakes higher is better, for CPU, latency and memory lower is better.\n");
+        let _ = writeln!(md, "| Contender | thr 1 / direct | thr many / direct | thr 1 / nginx | thr many / nginx | CPU/GB 1 / nginx | CPU/GB many / nginx | RTT p99 / nginx | handshakes / nginx | idle KiB / nginx |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for c in self.ran() {
+            let nginx = if c.tls { "nginx-tuned-tls" } else { "nginx-tuned" };
+            let r = |metric: &str, reference: &str| match (self.value(&c.name, metric), self.value(reference, metric)) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.name,
+                r("thr_one", "direct"),
+                r("thr_many", "direct"),
+                r("thr_one", nginx),
+                r("thr_many", nginx),
+                r("cpu_one", nginx),
+                r("cpu_many", nginx),
+                r("rtt_p99", nginx),
+                r("hs_rate", nginx),
+                r("idle_kib", nginx)
+            );
+        }
+        let _ = writeln!(md, "\n## Targets (issue 5)\n\n| Target | labgate | reference | ratio | met |\n|---|---:|---:|---:|---|");
+        for t in &self.targets {
+            let f = |v: Option<f64>| v.map(|x| format_number(x, 3)).unwrap_or_else(|| "–".into());
+            let met = match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(md, "| {} | {} | {} | {} | {met} |", t.target, f(t.labgate), f(t.reference), f(t.ratio));
+        }
+        let failures = self.failures();
+        if !failures.is_empty() {
+            let _ = writeln!(md, "\n## Failures\n\n| Contender | Repeat | Scenario | Errors | First errors |\n|---|---|---|---|---|");
+            for r in failures {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    r.contender,
+                    r.repeat,
+                    r.scenario,
+                    r.result["errors"],
+                    r.result["error_samples"].to_string().replace('|', "/")
+                );
+            }
+        }
+        if let Some(profile) = &self.profile {
+            let _ = writeln!(md, "\n## Profile: labgate under the many-session throughput scenario\n\n{profile}");
+        }
+        md
+    }
+
+    fn ran(&self) -> impl Iterator<Item = &ContenderStatus> {
+        self.contenders.iter().filter(|c| !c.status.starts_with("skipped"))
+    }
+
+    fn cell(&self, contender: &str, m: &Metric) -> String {
+        let Some(s) = self.summary.get(contender).and_then(|s| s.get(m.key)) else {
+            return "–".into();
+        };
+        let digits = match m.unit {
+            "s/GB" => 3,
+            "KiB" => 1,
+            _ => 0,
+        };
+        match (s.median, s.failed) {
+            (Some(v), false) => format_number(v, digits),
+            (Some(v), true) => format!("{} (some repeats FAILED)", format_number(v, digits)),
+            (None, true) => "FAILED".into(),
+            (None, false) => "–".into(),
+        }
+    }
+}
+
+fn format_number(v: f64, digits: usize) -> String {
+    if digits == 0 || v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.digits$}")
+    }
+}

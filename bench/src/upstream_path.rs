@@ -1,0 +1,87 @@
+//! The KubeVirt subresource paths the upstream serves and how a path picks its mode.
+//!
+//! The VMI name selects the behaviour, so every contender (including the prototype-style
+//! relay, which always dials `vnc`) reaches both: a VMI named `stream…` sends a framebuffer-like
+//! stream, one named `echo…` echoes like a serial console. Both `vnc` and `console` work.
+
+/// What an upstream session does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Send binary messages as fast as the socket takes them (like a VNC framebuffer).
+    Stream,
+    /// Echo every binary message back (like a serial console).
+    Echo,
+}
+
+impl Mode {
+    /// The VMI name the load generator uses for this mode.
+    pub fn vmi(self) -> &'static str {
+        match self {
+            Mode::Stream => "stream",
+            Mode::Echo => "echo",
+        }
+    }
+
+    /// The subresource a browser would open for this mode.
+    pub fn subresource(self) -> &'static str {
+        match self {
+            Mode::Stream => "vnc",
+            Mode::Echo => "console",
+        }
+    }
+
+    /// The one-byte mode selector the plain TCP upstream expects first (used behind websockify).
+    pub fn tcp_selector(self) -> u8 {
+        match self {
+            Mode::Stream => b'S',
+            Mode::Echo => b'E',
+        }
+    }
+
+    pub fn from_tcp_selector(b: u8) -> Option<Self> {
+        match b {
+            b'S' => Some(Mode::Stream),
+            b'E' => Some(Mode::Echo),
+            _ => None,
+        }
+    }
+}
+
+/// Parses `/apis/subresources.kubevirt.io/{v1|v1alpha3}/namespaces/{ns}/virtualmachineinstances/{vmi}/{vnc|console}`
+/// (query ignored) into the mode its VMI name selects.
+pub fn mode_for_path(path_and_query: &str) -> Option<Mode> {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["", "apis", "subresources.kubevirt.io", "v1" | "v1alpha3", "namespaces", ns, "virtualmachineinstances", vmi, "vnc" | "console"]
+            if !ns.is_empty() =>
+        {
+            if vmi.starts_with("stream") {
+                Some(Mode::Stream)
+            } else if vmi.starts_with("echo") {
+                Some(Mode::Echo)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_select_modes() {
+        let p = |vmi: &str, sub: &str| {
+            format!("/apis/subresources.kubevirt.io/v1/namespaces/lab-1/virtualmachineinstances/{vmi}/{sub}")
+        };
+        assert_eq!(mode_for_path(&p("stream", "vnc")), Some(Mode::Stream));
+        assert_eq!(mode_for_path(&p("echo", "console")), Some(Mode::Echo));
+        assert_eq!(mode_for_path(&(p("echo", "vnc") + "?preserveSession=true")), Some(Mode::Echo));
+        assert_eq!(mode_for_path(&p("other", "vnc")), None);
+        assert_eq!(mode_for_path(&p("stream", "screenshot")), None);
+        assert_eq!(mode_for_path("/labs/lab-1/stream/vnc"), None);
+    }
+}
