@@ -386,3 +386,34 @@ async fn admission_hook_sees_review_requests_and_can_deny() {
         "system:serviceaccount:kube-system:namespace-controller"
     );
 }
+
+#[tokio::test]
+async fn written_kubeconfig_works_with_kube() {
+    let standin = StandIn::start().await.unwrap();
+    standin.lab_namespace("lab-a", "alice@example.com", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = standin.write_kubeconfig(dir.path(), &standin.gateway_token());
+    let token = std::fs::read_to_string(dir.path().join("kubeconfig-token")).unwrap();
+    assert!(!token.ends_with('\n'), "kube does not trim token files");
+
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client);
+    let names: Vec<_> = namespaces
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(names, ["lab-a"]);
+    let recorded = standin.requests();
+    assert_eq!(
+        recorded.last().unwrap().user.as_deref(),
+        Some("system:serviceaccount:labgate:labgate-gateway")
+    );
+}
