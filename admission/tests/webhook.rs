@@ -1,0 +1,464 @@
+//! The webhook over real HTTPS with a fixed cluster view: recorded fixtures,
+//! malformed and oversized input, certificate rotation under load, and metrics
+//! checked by promtool.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use labgate_admission::decide::{NamespaceState, PolicyState};
+use labgate_admission::tls::ReloadingCert;
+use labgate_admission::webhook::{MAX_REVIEW_BYTES, WebhookState};
+use labgate_admission::{ClusterView, Metrics, Rules};
+use labgate_policies::EgressMode;
+use labgate_tests::certs::TestCa;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// The cluster as the fixtures assume it.
+struct FixtureView;
+
+impl ClusterView for FixtureView {
+    fn namespace(&self, name: &str) -> NamespaceState {
+        match name {
+            "lab-alice" | "lab-bob" | "colin-coder" => NamespaceState::Lab { terminating: false },
+            "lab-old" => NamespaceState::Lab { terminating: true },
+            "my-namespace" => NamespaceState::NotLab,
+            _ => NamespaceState::Unknown,
+        }
+    }
+    fn policy(&self, namespace: &str) -> PolicyState {
+        match namespace {
+            "lab-alice" | "lab-old" => PolicyState::Canonical,
+            _ => PolicyState::Missing,
+        }
+    }
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    dir: tempfile::TempDir,
+    ca: TestCa,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Server {
+    async fn start() -> Server {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let (cert, key) = ca.write_leaf(dir.path(), &["localhost"]);
+        let metrics = Metrics::new();
+        let state = Arc::new(WebhookState {
+            view: Arc::new(FixtureView),
+            rules: Rules {
+                portal_users: vec![PORTAL_USER.into()],
+                portal_groups: vec![],
+                namespace_controller_users: vec![],
+                egress: EgressMode::Standard,
+            },
+            metrics: metrics.clone(),
+        });
+        let shutdown = CancellationToken::new();
+        let resolver = Arc::new(ReloadingCert::new(cert, key).unwrap());
+        let (addr, metrics_addr) = labgate_admission::start_webhook(
+            "127.0.0.1:0".parse().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap()),
+            resolver,
+            state,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        Server {
+            addr,
+            metrics_addr: metrics_addr.unwrap(),
+            metrics,
+            shutdown,
+            dir,
+            ca,
+        }
+    }
+
+    fn client(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(self.ca.client_config())
+    }
+
+    async fn post(&self, body: Vec<u8>) -> (u16, Value, String) {
+        let (status, bytes) = https_request(
+            self.addr,
+            "localhost",
+            self.client(),
+            "POST",
+            "/validate",
+            body,
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text,
+        )
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_get_the_documented_decisions() {
+    let s = Server::start().await;
+    let table: &[(&str, Option<&str>)] = &[
+        ("k8s-docs-deployment-scale-update.json", None),
+        ("gke-pod-create-recorded.json", Some("policy-missing")),
+        (
+            "namespace-create-lab-by-student.json",
+            Some("lab-create-restricted"),
+        ),
+        ("namespace-create-lab-by-portal-dry-run.json", None),
+        (
+            "namespace-update-strip-lab-label.json",
+            Some("lab-marking-immutable"),
+        ),
+        (
+            "networkpolicy-delete-by-student.json",
+            Some("policy-protected"),
+        ),
+        (
+            "networkpolicy-delete-during-namespace-termination.json",
+            None,
+        ),
+        (
+            "pod-create-in-lab-without-policy.json",
+            Some("policy-missing"),
+        ),
+        ("pod-eviction-in-lab-without-policy.json", None),
+        ("vmi-create-in-lab-with-policy.json", None),
+    ];
+    for (file, denied_by) in table {
+        let body = fixture(file);
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        let (status, answer, text) = s.post(body).await;
+        assert_eq!(status, 200, "{file}: {text}");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{file}");
+        assert_eq!(answer["kind"], "AdmissionReview", "{file}");
+        assert!(
+            answer.get("request").is_none(),
+            "{file}: the request is not echoed"
+        );
+        let response = &answer["response"];
+        assert_eq!(
+            response["uid"], sent["request"]["uid"],
+            "{file}: uid echoed"
+        );
+        match denied_by {
+            None => {
+                assert_eq!(response["allowed"], true, "{file}: {response}");
+                assert!(response.get("auditAnnotations").is_none(), "{file}");
+            }
+            Some(rule) => {
+                assert_eq!(response["allowed"], false, "{file}: {response}");
+                assert_eq!(response["status"]["code"], 403, "{file}");
+                assert_eq!(response["auditAnnotations"]["denied-rule"], *rule, "{file}");
+                let message = response["status"]["message"].as_str().unwrap();
+                assert!(
+                    message.starts_with(&format!("labgate: rule {rule}: ")),
+                    "{file}: {message}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_reviews_get_http_errors_not_panics() {
+    let s = Server::start().await;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("not JSON", b"{this is not json".to_vec(), 400),
+        ("empty body", Vec::new(), 400),
+        ("JSON array", b"[]".to_vec(), 400),
+        ("no request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), 400),
+        (
+            "v1beta1 review",
+            serde_json::to_vec(&{
+                let mut v: Value = serde_json::from_slice(&fixture("pod-create-in-lab-without-policy.json")).unwrap();
+                v["apiVersion"] = json!("admission.k8s.io/v1beta1");
+                v
+            })
+            .unwrap(),
+            400,
+        ),
+        (
+            "unknown operation",
+            serde_json::to_vec(&{
+                let mut v: Value = serde_json::from_slice(&fixture("pod-create-in-lab-without-policy.json")).unwrap();
+                v["request"]["operation"] = json!("EXPLODE");
+                v
+            })
+            .unwrap(),
+            400,
+        ),
+        ("no uid", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","userInfo":{},"object":null,"oldObject":null}}"#.to_vec(), 400),
+        ("deeply nested", format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(), 400),
+        ("4 MiB body", vec![b' '; MAX_REVIEW_BYTES + 1024 * 1024], 413),
+    ];
+    for (what, body, expected) in cases {
+        let (status, _, text) = s.post(body).await;
+        assert_eq!(status, expected, "{what}: {text}");
+        assert!(!text.is_empty(), "{what}: an error says why");
+    }
+    // Parsed but not understood: a lab-relevant request missing its object is
+    // denied with a reason; an unknown kind is allowed untouched.
+    let mut v: Value =
+        serde_json::from_slice(&fixture("namespace-update-strip-lab-label.json")).unwrap();
+    v["request"]["oldObject"] = Value::Null;
+    let (status, answer, _) = s.post(serde_json::to_vec(&v).unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["response"]["auditAnnotations"]["denied-rule"],
+        "malformed-request"
+    );
+    let mut v: Value =
+        serde_json::from_slice(&fixture("pod-create-in-lab-without-policy.json")).unwrap();
+    v["request"]["resource"] =
+        json!({"group": "example.com", "version": "v1", "resource": "widgets"});
+    v["request"]["kind"] = json!({"group": "example.com", "version": "v1", "kind": "Widget"});
+    let (_, answer, _) = s.post(serde_json::to_vec(&v).unwrap()).await;
+    assert_eq!(answer["response"]["allowed"], true);
+
+    // Other routes and methods.
+    let get =
+        |path: &'static str| https_request(s.addr, "localhost", s.client(), "GET", path, vec![]);
+    assert_eq!(get("/validate").await.unwrap().0, 405);
+    assert_eq!(get("/healthz").await.unwrap().0, 200);
+    assert_eq!(get("/readyz").await.unwrap().0, 200);
+    assert_eq!(get("/nope").await.unwrap().0, 404);
+    // The plain listener never validates.
+    assert_eq!(http_get(s.metrics_addr, "/healthz").await.unwrap().0, 200);
+    let (status, _) = http_get(s.metrics_addr, "/validate").await.unwrap();
+    assert_eq!(status, 404);
+
+    // Still serving after all that.
+    let (status, answer, _) = s.post(fixture("vmi-create-in-lab-with-policy.json")).await;
+    assert_eq!(
+        (status, answer["response"]["allowed"].clone()),
+        (200, json!(true))
+    );
+    let metrics = s.metrics.render();
+    assert!(
+        metrics.contains("labgate_admission_invalid_requests_total{reason=\"too_large\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("labgate_admission_invalid_requests_total{reason=\"bad_json\"}"),
+        "{metrics}"
+    );
+}
+
+/// Rewrites the serving pair in place (cert first, then key, like a careless
+/// writer; the reloader must not serve the mismatched half-state).
+fn rotate(dir: &Path, ca: &TestCa) {
+    let (cert, key) = ca.leaf(&["localhost"]);
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+}
+
+fn trusting(cas: &[&TestCa]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(ca.ca_der()))
+            .unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_on_disk_while_requests_flow() {
+    let s = Server::start().await;
+    let new_ca = TestCa::new();
+    let (both, old_only, new_only) = (
+        trusting(&[&s.ca, &new_ca]),
+        trusting(&[&s.ca]),
+        trusting(&[&new_ca]),
+    );
+
+    // A steady stream of reviews from a client that trusts old and new CA.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let body = fixture("vmi-create-in-lab-with-policy.json");
+    let load = {
+        let (stop, ok, failed, both, addr) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            both.clone(),
+            s.addr,
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match https_request(
+                    addr,
+                    "localhost",
+                    both.clone(),
+                    "POST",
+                    "/validate",
+                    body.clone(),
+                )
+                .await
+                {
+                    Ok((200, b))
+                        if serde_json::from_slice::<Value>(&b).unwrap()["response"]["allowed"]
+                            == true =>
+                    {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => {
+                        tracing::error!(?other, "request failed during rotation");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let healthz = |client: Arc<rustls::ClientConfig>| {
+        let addr = s.addr;
+        async move {
+            https_request(addr, "localhost", client, "GET", "/healthz", vec![])
+                .await
+                .is_ok()
+        }
+    };
+    assert!(healthz(old_only.clone()).await);
+    assert!(!healthz(new_only.clone()).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    rotate(s.dir.path(), &new_ca);
+    let mut switched = false;
+    for _ in 0..100 {
+        if healthz(new_only.clone()).await {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        switched,
+        "the new certificate is served within 5 s without a restart"
+    );
+    assert!(
+        !healthz(old_only.clone()).await,
+        "the old certificate is gone"
+    );
+
+    // A broken replacement is refused; the current pair keeps serving.
+    std::fs::write(
+        s.dir.path().join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nnope\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(healthz(new_only.clone()).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no review failed during the rotation"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 10, "requests kept flowing");
+    let metrics = s.metrics.render();
+    assert!(
+        metrics.contains("labgate_admission_tls_reloads_total{result=\"success\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("labgate_admission_tls_reloads_total{result=\"failure\"}"),
+        "{metrics}"
+    );
+}
+
+/// `promtool` from PATH; the test fails (never skips) without it.
+fn promtool() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("promtool"))
+        .find(|p| p.is_file())
+        .expect("promtool not found on PATH: install the Debian package `prometheus` (it ships /usr/bin/promtool)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let s = Server::start().await;
+    for file in [
+        "pod-create-in-lab-without-policy.json",
+        "vmi-create-in-lab-with-policy.json",
+    ] {
+        assert_eq!(s.post(fixture(file)).await.0, 200);
+    }
+    assert_eq!(s.post(b"nope".to_vec()).await.0, 400);
+    let (status, over_tls) =
+        https_request(s.addr, "localhost", s.client(), "GET", "/metrics", vec![])
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    let (status, plain) = http_get(s.metrics_addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for exposition in [over_tls, plain] {
+        let text = String::from_utf8(exposition.to_vec()).unwrap();
+        for series in [
+            "labgate_admission_requests_total{decision=\"denied\",kind=\"Pod\",operation=\"CREATE\"} 1",
+            "labgate_admission_requests_total{decision=\"allowed\",kind=\"VirtualMachineInstance\",operation=\"CREATE\"} 1",
+            "labgate_admission_request_duration_seconds_bucket{decision=\"denied\",le=\"+Inf\"} 1",
+            "labgate_admission_invalid_requests_total{reason=\"bad_json\"} 1",
+        ] {
+            assert!(text.contains(series), "missing {series} in:\n{text}");
+        }
+        let mut child = std::process::Command::new(promtool())
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
