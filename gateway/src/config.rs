@@ -335,3 +335,28 @@ mod tests {
         assert!(Config::try_parse_from(["labgate-gateway", "--jwt-algorithms", "none"]).is_err());
     }
 }
+
+#[cfg(test)]
+mod readme_tests {
+    use clap::CommandFactory;
+
+    /// The README's flag table must name every flag and its variable.
+    #[test]
+    fn readme_documents_every_flag() {
+        let readme = include_str!("../../README.md");
+        for arg in super::Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            assert!(
+                readme.contains(&format!("`--{long}`")),
+                "README lacks --{long}"
+            );
+            if let Some(env) = arg.get_env() {
+                let env = env.to_string_lossy();
+                assert!(readme.contains(&*env), "README lacks {env}");
+            }
+        }
+    }
+}

@@ -221,11 +221,12 @@ impl TokenVerifier {
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => return Ok(data.claims),
-                Err(e) => match e.kind() {
-                    ErrorKind::ExpiredSignature => result = Err(TokenError::Expired),
-                    // Another key may still verify the signature.
-                    _ => {}
-                },
+                // Another key may still verify the signature; remember expiry.
+                Err(e) => {
+                    if *e.kind() == ErrorKind::ExpiredSignature {
+                        result = Err(TokenError::Expired);
+                    }
+                }
             }
         }
         result

@@ -1,0 +1,87 @@
+//! Mounting the gateway inside your own hyper server.
+//!
+//! A portal serves its own routes and hands `/labs/...`, `/metrics`,
+//! `/healthz` and `/readyz` to [`Gateway::handle`]. Here the lab index comes
+//! from a labs file and the VMs from the API server of the current
+//! kubeconfig; swap in any [`Backend`](labgate_gateway::Backend).
+//!
+//! ```text
+//! cargo run -p labgate-gateway --example embed -- labs.yaml hmac-secret-file
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use labgate_gateway::token::{KeyFile, TokenSettings};
+use labgate_gateway::{Gateway, KubeVirtBackend, LabIndex, Metrics, TokenVerifier, index};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    labgate_gateway::install_crypto_provider();
+    let mut args = std::env::args().skip(1);
+    let (Some(labs_file), Some(secret_file)) = (args.next(), args.next()) else {
+        anyhow::bail!("usage: embed LABS_FILE HMAC_SECRET_FILE");
+    };
+
+    // The parts: metrics, token verifier, lab index, backend.
+    let metrics = Arc::new(Metrics::new());
+    let verifier = Arc::new(TokenVerifier::new(
+        TokenSettings {
+            algorithms: vec![jsonwebtoken::Algorithm::HS256],
+            hmac_secret_files: vec![KeyFile {
+                kid: None,
+                path: secret_file.into(),
+            }],
+            public_key_files: vec![],
+            issuers: vec![],
+            audiences: vec![],
+            leeway: Duration::from_secs(30),
+            cache_capacity: 1000,
+        },
+        metrics.clone(),
+    )?);
+    let lab_index = LabIndex::new(metrics.clone());
+    tokio::spawn(index::watch_labs_file(
+        labs_file.into(),
+        lab_index.clone(),
+        Duration::from_secs(1),
+    ));
+    let backend = Arc::new(KubeVirtBackend::new(kube::Client::try_default().await?));
+
+    // Default settings, as the binary's flags would give them.
+    let config = <labgate_gateway::Config as clap::Parser>::parse_from(["embed"]);
+    let gateway = Gateway::new(config.settings(), verifier, lab_index, backend, metrics);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
+    println!("portal with embedded gateway on http://127.0.0.1:8081");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let gateway = gateway.clone();
+                async move {
+                    if req.uri().path().starts_with("/portal") {
+                        // The portal's own pages.
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"portal page\n",
+                        ))));
+                    }
+                    Ok(gateway.handle(req).await)
+                }
+            });
+            // Upgrades must be enabled for websocket sessions.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}

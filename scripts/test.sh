@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check and test of labgate. Fails loudly on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+if [ -f bench/run.sh ]; then
+  echo "== benchmark smoke run"
+  bash bench/run.sh --smoke
+fi
+echo "== all tests passed"
