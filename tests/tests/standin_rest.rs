@@ -417,3 +417,46 @@ async fn written_kubeconfig_works_with_kube() {
         Some("system:serviceaccount:labgate:labgate-gateway")
     );
 }
+
+#[tokio::test]
+async fn invalid_names_and_injected_failures() {
+    let standin = StandIn::start().await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(standin.client(&standin.gateway_token()));
+    let mut bad = Namespace::default();
+    bad.metadata.name = Some("Not_A_Label".into());
+    let status = api_error(
+        namespaces
+            .create(&PostParams::default(), &bad)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(
+        status
+            .message
+            .starts_with("Namespace \"Not_A_Label\" is invalid: metadata.name: Invalid value"),
+        "{}",
+        status.message
+    );
+
+    standin.fail_requests("/api/v1/namespaces", 500, 1);
+    let status = api_error(namespaces.list(&Default::default()).await.unwrap_err());
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (500, "InternalError")
+    );
+    assert!(
+        namespaces.list(&Default::default()).await.is_ok(),
+        "only once"
+    );
+
+    // kube retries 429 by itself (Retry-After honoured), so a single injected 429 is invisible.
+    standin.fail_requests("/api/v1/namespaces", 429, 1);
+    assert!(namespaces.list(&Default::default()).await.is_ok());
+    let lists = standin
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/namespaces")
+        .count();
+    assert_eq!(lists, 4, "500, ok, 429, retried ok");
+}

@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     kubevirt: kubevirt::KubeVirt,
     admission_hook: Mutex<Option<AdmissionHook>>,
+    /// Injected failures: (path fragment, HTTP code, remaining count).
+    failures: Mutex<Vec<(String, u16, usize)>>,
     bookmark_interval: Mutex<Duration>,
     /// Bumped by [`StandIn::drop_watches`]; every watch stream cuts its connection.
     watch_cut: tokio::sync::watch::Sender<u64>,
@@ -180,6 +182,7 @@ impl StandIn {
             requests: Mutex::new(Vec::new()),
             kubevirt: kubevirt::KubeVirt::default(),
             admission_hook: Mutex::new(None),
+            failures: Mutex::new(Vec::new()),
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
             watch_cut: tokio::sync::watch::channel(0).0,
             cancel: CancellationToken::new(),
@@ -416,6 +419,17 @@ impl StandIn {
         }
     }
 
+    /// Makes the next `times` authenticated requests whose path contains `path_fragment` fail with
+    /// `code` (500 InternalError, 429 TooManyRequests with `Retry-After: 1`, 503 ServiceUnavailable,
+    /// anything else as a generic failure), before any other processing.
+    pub fn fail_requests(&self, path_fragment: &str, code: u16, times: usize) {
+        self.shared().failures.lock().expect("failure lock").push((
+            path_fragment.to_string(),
+            code,
+            times,
+        ));
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared()
@@ -550,6 +564,19 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> (Option<UserInfo>, Vec<
     (user, protocols)
 }
 
+/// Takes one injected failure matching `path`, if any is left.
+fn injected_failure(shared: &Shared, path: &str) -> Option<u16> {
+    let mut failures = shared.failures.lock().expect("failure lock");
+    let index = failures
+        .iter()
+        .position(|(fragment, _, left)| *left > 0 && path.contains(fragment.as_str()))?;
+    let entry = &mut failures[index];
+    entry.2 -= 1;
+    let code = entry.1;
+    failures.retain(|(_, _, left)| *left > 0);
+    Some(code)
+}
+
 pub(crate) fn json_response(code: u16, value: &Value) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("JSON values serialize");
     Response::builder()
@@ -585,6 +612,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let Some(user) = user else {
         return Ok(error_response(ApiError::unauthorized()));
     };
+    if let Some(code) = injected_failure(&shared, &path) {
+        let reason = match code {
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            _ => "InternalError",
+        };
+        let mut response = error_response(ApiError::new(
+            code,
+            reason,
+            "failure injected by the test",
+            None,
+        ));
+        if code == 429 {
+            response
+                .headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+        }
+        return Ok(response);
+    }
     let query = Query::parse(&raw_query);
     if path == "/version" {
         return Ok(json_response(

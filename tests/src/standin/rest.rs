@@ -302,6 +302,7 @@ async fn create_object(
     mut obj: Value,
     options: Value,
 ) -> Result<Value, ApiError> {
+    check_name(call.rt(), name)?;
     if call.rt().resource == "namespaces" {
         namespace_defaults(&mut obj, name);
     }
@@ -332,6 +333,40 @@ async fn create_object(
     Ok(store
         .commit(key, Some(obj))
         .expect("a write returns the object"))
+}
+
+/// Name validation: namespaces are RFC 1123 labels, everything else RFC 1123 subdomains.
+fn check_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let (ok, rule) = if rt.resource == "namespaces" {
+        (
+            label_ok(name),
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+        )
+    } else {
+        (
+            name.len() <= 253 && name.split('.').all(label_ok),
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        )
+    };
+    if ok {
+        return Ok(());
+    }
+    let mut error = ApiError::invalid(
+        rt,
+        name,
+        "metadata.name",
+        &format!("Invalid value: \"{name}\": {rule}"),
+    );
+    error.status["details"]["causes"][0]["reason"] = json!("FieldValueInvalid");
+    Err(error)
 }
 
 /// Carries over what an update through the main resource cannot change.
