@@ -135,6 +135,12 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_WATCH_TIMEOUT", default_value = "290s", value_parser = humantime::parse_duration)]
     pub watch_timeout: Duration,
 
+    /// Refuse a second viewer of a VM screen (close code 4013) instead of
+    /// letting it take the screen over. Needs KubeVirt >= 1.6.3
+    /// (`preserveSession`); the serial console always takes over.
+    #[arg(long, env = "LABGATE_GATEWAY_VNC_PRESERVE_SESSION")]
+    pub vnc_preserve_session: bool,
+
     /// Read the lab index from this YAML file instead of watching namespaces
     /// (for VMs outside Kubernetes, tests and benchmarks). Reloaded on change.
     #[arg(long, env = "LABGATE_GATEWAY_LABS_FILE")]

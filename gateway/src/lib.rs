@@ -136,7 +136,7 @@ pub async fn run_with_listener(
                 config.watch_timeout,
             ));
         }
-        Arc::new(KubeVirtBackend::new(client))
+        Arc::new(KubeVirtBackend::new(client).preserve_vnc_session(config.vnc_preserve_session))
     };
     if let Some(path) = &config.labs_file {
         background.spawn(index::watch_labs_file(

@@ -18,9 +18,9 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::refusal::Refusal;
 
@@ -51,6 +51,11 @@ pub enum SpliceEnd {
     Stopped(Refusal),
     /// No data either way for the idle timeout.
     Idle,
+    /// A side sent a message over the size limit; it got close code 1009.
+    MessageTooBig {
+        /// Whether the client (rather than the VM side) sent it.
+        from_client: bool,
+    },
 }
 
 impl SpliceEnd {
@@ -62,6 +67,8 @@ impl SpliceEnd {
             }
             SpliceEnd::UpstreamGone(r) | SpliceEnd::Stopped(r) => r.outcome(),
             SpliceEnd::Idle => Refusal::Idle.outcome(),
+            SpliceEnd::MessageTooBig { from_client: true } => Refusal::BadRequest.outcome(),
+            SpliceEnd::MessageTooBig { from_client: false } => Refusal::UpstreamError.outcome(),
         }
     }
 
@@ -73,6 +80,8 @@ impl SpliceEnd {
             SpliceEnd::ClientGone => "client connection lost".into(),
             SpliceEnd::UpstreamGone(r) | SpliceEnd::Stopped(r) => r.reason().into(),
             SpliceEnd::Idle => Refusal::Idle.reason().into(),
+            SpliceEnd::MessageTooBig { from_client: true } => "client message too big".into(),
+            SpliceEnd::MessageTooBig { from_client: false } => "VM message too big".into(),
         }
     }
 }
@@ -117,6 +126,8 @@ enum PumpEnd {
     ReadGone,
     /// Writing to the other side failed.
     WriteGone,
+    /// The read side sent a message over the size limit.
+    TooBig,
 }
 
 /// Milliseconds since the splice started at which data last moved.
@@ -191,11 +202,13 @@ where
                     PumpEnd::Closed(frame) => SpliceEnd::ClientClosed(frame),
                     PumpEnd::ReadGone => SpliceEnd::ClientGone,
                     PumpEnd::WriteGone => SpliceEnd::UpstreamGone(upstream_gone()),
+                    PumpEnd::TooBig => SpliceEnd::MessageTooBig { from_client: true },
                 },
                 end = &mut down => break match end {
                     PumpEnd::Closed(frame) => SpliceEnd::UpstreamClosed(frame),
                     PumpEnd::ReadGone => SpliceEnd::UpstreamGone(upstream_gone()),
                     PumpEnd::WriteGone => SpliceEnd::ClientGone,
+                    PumpEnd::TooBig => SpliceEnd::MessageTooBig { from_client: false },
                 },
                 refusal = &mut stop => break SpliceEnd::Stopped(refusal),
                 _ = idle => {
@@ -213,7 +226,13 @@ where
         match &end {
             // tungstenite already queued the reply to the closing side; flush it.
             SpliceEnd::ClientClosed(frame) => (None, Some(frame.clone())),
-            SpliceEnd::UpstreamClosed(frame) => (Some(frame.clone()), None),
+            // KubeVirt closes without a status; say what happened.
+            SpliceEnd::UpstreamClosed(frame) => (
+                Some(Some(frame.clone().unwrap_or_else(|| {
+                    normal_close("the VM closed the connection")
+                }))),
+                None,
+            ),
             SpliceEnd::ClientGone => (None, Some(Some(normal_close("client went away")))),
             SpliceEnd::UpstreamGone(r) => (Some(Some(close_frame(*r))), None),
             SpliceEnd::Stopped(r) => (
@@ -224,6 +243,18 @@ where
                 Some(Some(close_frame(Refusal::Idle))),
                 Some(Some(normal_close("session idle"))),
             ),
+            SpliceEnd::MessageTooBig { from_client } => {
+                let too_big = Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too big".into(),
+                });
+                let other = Some(normal_close("peer sent a message too big"));
+                if *from_client {
+                    (Some(too_big), Some(other))
+                } else {
+                    (Some(other), Some(too_big))
+                }
+            }
         };
     let close_client = finish(&mut client_tx, to_client);
     let close_upstream = finish(&mut upstream_tx, to_upstream);
@@ -299,6 +330,7 @@ where
                     }
                 }
                 Some(Ok(Message::Close(frame))) => return PumpEnd::Closed(frame),
+                Some(Err(WsError::Capacity(_))) => return PumpEnd::TooBig,
                 Some(Err(_)) | None => return PumpEnd::ReadGone,
             };
             let len = payload.len() as u64;
@@ -318,3 +350,7 @@ where
         }
     }
 }
+
+#[cfg(test)]
+#[path = "splice_tests.rs"]
+mod tests;

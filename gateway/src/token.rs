@@ -438,6 +438,99 @@ mod tests {
         assert_eq!(v.verify(&t).await, Err(TokenError::Invalid));
     }
 
+    /// Public-key tokens: EC and Ed25519 keys from rcgen, RSA from openssl.
+    #[tokio::test]
+    async fn public_key_algorithms_verify_by_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        std::fs::write(dir.path().join("ec.pub"), ec.public_key_pem()).unwrap();
+        std::fs::write(dir.path().join("ed.pub"), ed.public_key_pem()).unwrap();
+        let rsa_key = dir.path().join("rsa.pem");
+        let rsa_pub = dir.path().join("rsa.pub");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&rsa_key)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is needed to make an RSA test key")
+            .success()
+            && std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&rsa_key)
+                .arg("-out")
+                .arg(&rsa_pub)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "openssl failed");
+        let key = |kid: &str, file: &str| KeyFile {
+            kid: Some(kid.into()),
+            path: dir.path().join(file),
+        };
+        let settings = TokenSettings {
+            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256],
+            hmac_secret_files: vec![],
+            public_key_files: vec![
+                key("ec", "ec.pub"),
+                key("ed", "ed.pub"),
+                key("rsa", "rsa.pub"),
+            ],
+            issuers: vec![],
+            audiences: vec![],
+            leeway: Duration::from_secs(5),
+            cache_capacity: 10,
+        };
+        let v = TokenVerifier::new(settings, Arc::new(Metrics::new())).unwrap();
+        let claims = json!({"sub": "alice", "exp": now_secs() + 600});
+        let sign = |alg: Algorithm, kid: &str, key: EncodingKey| {
+            let mut h = Header::new(alg);
+            h.kid = Some(kid.into());
+            encode(&h, &claims, &key).unwrap()
+        };
+        let ec_token = sign(
+            Algorithm::ES256,
+            "ec",
+            EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap(),
+        );
+        let ed_token = sign(
+            Algorithm::EdDSA,
+            "ed",
+            EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+        );
+        let rsa_token = sign(
+            Algorithm::RS256,
+            "rsa",
+            EncodingKey::from_rsa_pem(&std::fs::read(&rsa_key).unwrap()).unwrap(),
+        );
+        for t in [&ec_token, &ed_token, &rsa_token] {
+            assert_eq!(v.verify(t).await.unwrap().sub, "alice");
+        }
+        // A valid signature under the wrong kid is refused.
+        let mislabelled = sign(
+            Algorithm::ES256,
+            "ed",
+            EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap(),
+        );
+        assert_eq!(v.verify(&mislabelled).await, Err(TokenError::Invalid));
+        // HS256 signed with the RSA public key as secret (key confusion) fails:
+        // HS256 is not pinned and there is no HMAC key.
+        let confused = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&std::fs::read(&rsa_pub).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&confused).await, Err(TokenError::Invalid));
+    }
+
     #[test]
     fn key_file_syntax() {
         assert_eq!(

@@ -108,18 +108,34 @@ pub trait Backend: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct KubeVirtBackend {
     client: kube::Client,
+    preserve_vnc_session: bool,
 }
 
 impl KubeVirtBackend {
     /// A backend using `client`'s API server, credentials and CA.
     pub fn new(client: kube::Client) -> KubeVirtBackend {
-        KubeVirtBackend { client }
+        KubeVirtBackend {
+            client,
+            preserve_vnc_session: false,
+        }
     }
 
-    /// The API path of a target's subresource.
-    pub fn path(target: UpstreamTarget<'_>) -> String {
+    /// Asks KubeVirt (>= 1.6.3) to refuse a second VNC viewer instead of
+    /// dropping the first (`?preserveSession=true`).
+    pub fn preserve_vnc_session(mut self, preserve: bool) -> KubeVirtBackend {
+        self.preserve_vnc_session = preserve;
+        self
+    }
+
+    /// The API path (and query) of a target's subresource.
+    pub fn path(&self, target: UpstreamTarget<'_>) -> String {
+        let query = if self.preserve_vnc_session && target.kind == ConsoleKind::Vnc {
+            "?preserveSession=true"
+        } else {
+            ""
+        };
         format!(
-            "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachineinstances/{}/{}",
+            "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachineinstances/{}/{}{query}",
             target.namespace,
             target.vmi,
             target.kind.as_str()
@@ -132,7 +148,7 @@ impl KubeVirtBackend {
         config: WebSocketConfig,
     ) -> Result<UpstreamSocket, UpstreamError> {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
-        let request = Request::get(Self::path(target))
+        let request = Request::get(self.path(target))
             .header(CONNECTION, "Upgrade")
             .header(UPGRADE, "websocket")
             .header(SEC_WEBSOCKET_VERSION, "13")

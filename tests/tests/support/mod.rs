@@ -41,6 +41,8 @@ pub struct Options {
     pub wait_ready: bool,
     /// Start Xvnc and a PTY console for lab-alice/vm1.
     pub upstreams: bool,
+    /// Identity the gateway authenticates as (default: the stand-in's gateway SA).
+    pub kube_user: Option<labgate_tests::standin::UserInfo>,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             gateway_kube_token: None,
             wait_ready: true,
             upstreams: true,
+            kube_user: None,
         }
     }
 }
@@ -145,38 +148,37 @@ pub async fn start(options: Options) -> anyhow::Result<Env> {
     let (cert_path, key_path) = standin
         .ca()
         .write_leaf(dir.path(), &["localhost", "127.0.0.1"]);
-    let kube_token = options
-        .gateway_kube_token
-        .clone()
-        .unwrap_or_else(|| standin.gateway_token());
+    if let Some(user) = &options.kube_user {
+        standin.add_token("harness-custom-identity", user.clone());
+    }
+    let kube_token = match (&options.gateway_kube_token, &options.kube_user) {
+        (Some(token), _) => token.clone(),
+        (None, Some(_)) => "harness-custom-identity".to_string(),
+        (None, None) => standin.gateway_token(),
+    };
     let kubeconfig = standin.write_kubeconfig(dir.path(), &kube_token);
 
-    let mut args: Vec<String> = [
-        "labgate-gateway",
-        "--tls-cert-file",
-        cert_path.to_str().unwrap(),
-        "--tls-key-file",
-        key_path.to_str().unwrap(),
-        "--jwt-hmac-secret-file",
-        secret_path.to_str().unwrap(),
-        "--jwt-audience",
-        AUDIENCE,
-        "--jwt-leeway",
-        "1s",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--watch-timeout",
-        "5s",
-        "--reload-interval",
-        "100ms",
-        "--ping-interval",
-        "5s",
-        "--shutdown-grace",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let defaults: [(&str, &str); 11] = [
+        ("--tls-cert-file", cert_path.to_str().unwrap()),
+        ("--tls-key-file", key_path.to_str().unwrap()),
+        ("--jwt-hmac-secret-file", secret_path.to_str().unwrap()),
+        ("--jwt-audience", AUDIENCE),
+        ("--jwt-leeway", "1s"),
+        ("--kubeconfig", kubeconfig.to_str().unwrap()),
+        ("--watch-timeout", "5s"),
+        ("--reload-interval", "100ms"),
+        ("--ping-interval", "5s"),
+        ("--shutdown-grace", "2s"),
+        ("--upstream-connect-timeout", "5s"),
+    ];
+    let mut args = vec!["labgate-gateway".to_string()];
+    // A test's own flags win over the harness defaults.
+    for (flag, value) in defaults {
+        if !options.extra_args.iter().any(|a| a == flag) {
+            args.push(flag.to_string());
+            args.push(value.to_string());
+        }
+    }
     args.extend(options.extra_args.iter().cloned());
     let config = <labgate_gateway::Config as clap::Parser>::try_parse_from(args)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;

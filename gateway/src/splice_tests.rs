@@ -1,0 +1,291 @@
+//! The splice alone, over in-memory pipes: framing, closes, pings, limits,
+//! backpressure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::DuplexStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use super::*;
+
+type Peer = WebSocketStream<DuplexStream>;
+
+const MAX_MESSAGE: usize = 256 * 1024;
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * MAX_MESSAGE)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// (the browser, the gateway's client-side socket)
+async fn browser_pair() -> (Peer, Peer) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    (
+        WebSocketStream::from_raw_socket(a, Role::Client, None).await,
+        WebSocketStream::from_raw_socket(b, Role::Server, Some(config())).await,
+    )
+}
+
+/// (the VM side, the gateway's upstream socket)
+async fn vm_pair() -> (Peer, Peer) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    (
+        WebSocketStream::from_raw_socket(a, Role::Server, None).await,
+        WebSocketStream::from_raw_socket(b, Role::Client, Some(config())).await,
+    )
+}
+
+fn settings() -> SpliceSettings {
+    SpliceSettings {
+        ping_interval: Duration::from_secs(30),
+        idle_timeout: None,
+        close_timeout: Duration::from_secs(1),
+    }
+}
+
+fn byte_metrics() -> ByteMetrics {
+    ByteMetrics {
+        client_to_upstream: IntCounter::new("c2u", "test").unwrap(),
+        upstream_to_client: IntCounter::new("u2c", "test").unwrap(),
+    }
+}
+
+struct Running {
+    browser: Peer,
+    vm: Peer,
+    counts: Arc<ByteCounts>,
+    stop: Option<tokio::sync::oneshot::Sender<Refusal>>,
+    end: tokio::task::JoinHandle<SpliceEnd>,
+}
+
+async fn run(settings: SpliceSettings) -> Running {
+    let (browser, client) = browser_pair().await;
+    let (vm, upstream) = vm_pair().await;
+    let counts = Arc::new(ByteCounts::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<Refusal>();
+    let task_counts = counts.clone();
+    let end = tokio::spawn(async move {
+        let stop = async move { rx.await.unwrap_or(Refusal::ShuttingDown) };
+        splice(
+            client,
+            upstream,
+            settings,
+            stop,
+            &|| Refusal::TakenOver,
+            &task_counts,
+            &byte_metrics(),
+        )
+        .await
+    });
+    Running {
+        browser,
+        vm,
+        counts,
+        stop: Some(tx),
+        end,
+    }
+}
+
+async fn next_data(peer: &mut Peer) -> Message {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), peer.next())
+            .await
+            .expect("message in time")
+        {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return m,
+            other => panic!("stream ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn text_becomes_binary_and_bytes_are_counted() {
+    let mut s = run(settings()).await;
+    s.browser.send(Message::Text("ls\r".into())).await.unwrap();
+    s.browser
+        .send(Message::Binary(Bytes::from_static(&[0, 255, 7])))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut s.vm).await,
+        Message::Binary(Bytes::from_static(b"ls\r"))
+    );
+    assert_eq!(
+        next_data(&mut s.vm).await,
+        Message::Binary(Bytes::from_static(&[0, 255, 7]))
+    );
+    s.vm.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(
+        next_data(&mut s.browser).await,
+        Message::Binary(Bytes::from_static(b"hello"))
+    );
+    assert_eq!(s.counts.client_to_upstream.load(Ordering::Relaxed), 6);
+    assert_eq!(s.counts.upstream_to_client.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test]
+async fn close_frames_pass_both_ways() {
+    let mut s = run(settings()).await;
+    let bye = CloseFrame {
+        code: CloseCode::from(4321),
+        reason: "bye".into(),
+    };
+    s.browser
+        .send(Message::Close(Some(bye.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut s.vm).await,
+        Message::Close(Some(bye.clone()))
+    );
+    assert_eq!(s.end.await.unwrap(), SpliceEnd::ClientClosed(Some(bye)));
+
+    let mut s = run(settings()).await;
+    let gone = CloseFrame {
+        code: CloseCode::from(4100),
+        reason: "vm says bye".into(),
+    };
+    s.vm.send(Message::Close(Some(gone.clone()))).await.unwrap();
+    assert_eq!(next_data(&mut s.browser).await, Message::Close(Some(gone)));
+
+    // KubeVirt closes without a status: the browser still gets a reason.
+    let mut s = run(settings()).await;
+    s.vm.send(Message::Close(None)).await.unwrap();
+    match next_data(&mut s.browser).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(f.code, CloseCode::Normal);
+            assert!(f.reason.contains("VM"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn both_sides_are_pinged() {
+    let mut s = run(SpliceSettings {
+        ping_interval: Duration::from_millis(50),
+        ..settings()
+    })
+    .await;
+    for peer in [&mut s.browser, &mut s.vm] {
+        let got = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Some(Ok(Message::Ping(_))) = peer.next().await {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(got.is_ok(), "no ping");
+    }
+}
+
+#[tokio::test]
+async fn stop_closes_the_client_with_the_reason_and_the_vm_normally() {
+    let mut s = run(settings()).await;
+    s.stop.take().unwrap().send(Refusal::Revoked).unwrap();
+    match next_data(&mut s.browser).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4009),
+        other => panic!("{other:?}"),
+    }
+    match next_data(&mut s.vm).await {
+        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.end.await.unwrap(), SpliceEnd::Stopped(Refusal::Revoked));
+}
+
+#[tokio::test]
+async fn a_vanished_vm_side_is_reported_with_the_loss_reason() {
+    let mut s = run(settings()).await;
+    drop(s.vm);
+    match next_data(&mut s.browser).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4007),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.end.await.unwrap(),
+        SpliceEnd::UpstreamGone(Refusal::TakenOver)
+    );
+}
+
+#[tokio::test]
+async fn oversized_messages_get_1009() {
+    let mut s = run(settings()).await;
+    let big = Bytes::from(vec![b'x'; MAX_MESSAGE + 1]);
+    let _ = s.browser.send(Message::Binary(big)).await;
+    match next_data(&mut s.browser).await {
+        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Size),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.end.await.unwrap(),
+        SpliceEnd::MessageTooBig { from_client: true }
+    );
+}
+
+#[tokio::test]
+async fn idle_sessions_end() {
+    let mut s = run(SpliceSettings {
+        idle_timeout: Some(Duration::from_millis(200)),
+        ..settings()
+    })
+    .await;
+    // Activity pushes the deadline out.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.browser
+            .send(Message::Binary(Bytes::from_static(b"k")))
+            .await
+            .unwrap();
+    }
+    assert!(!s.end.is_finished());
+    match next_data(&mut s.browser).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4011),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.end.await.unwrap(), SpliceEnd::Idle);
+}
+
+#[tokio::test]
+async fn a_slow_reader_holds_back_the_sender_instead_of_growing_memory() {
+    let mut s = run(settings()).await;
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    // The browser reads nothing: the VM side must soon be unable to send.
+    let mut sent = 0usize;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            s.vm.send(Message::Binary(chunk.clone())).await.unwrap();
+            sent += 1;
+        }
+    })
+    .await;
+    // Pipes (2 x 64 KiB) plus one queued message per websocket, roughly.
+    assert!(
+        sent < 32,
+        "{sent} messages of 64 KiB accepted without a reader"
+    );
+    // Nothing is lost: the browser gets them all, in order.
+    let mut got = 0usize;
+    while got < sent * chunk.len() {
+        match next_data(&mut s.browser).await {
+            Message::Binary(b) => {
+                assert!(b.iter().all(|&x| x == 7));
+                got += b.len();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, sent * chunk.len());
+}
