@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,6 +25,13 @@ use crate::metrics::Metrics;
 
 /// Largest review body accepted (the API server's own request limit is 3 MiB).
 pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+
+/// Oversized bodies up to this size are read and discarded before the 413,
+/// so well-behaved clients see the answer instead of a connection reset.
+const DRAIN_LIMIT: usize = 4 * MAX_REVIEW_BYTES;
+
+/// Time allowed for reading a review body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time allowed for a TLS handshake and for request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,30 +97,19 @@ async fn validate(state: &WebhookState, req: Request<Incoming>) -> Response<Body
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_REVIEW_BYTES as u64) {
-        return invalid(
-            "too_large",
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("review body exceeds {MAX_REVIEW_BYTES} bytes"),
-        );
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        // Far too big to even read: answer at once (the client may see a reset).
+        let msg = format!("review body exceeds {MAX_REVIEW_BYTES} bytes");
+        return invalid("too_large", StatusCode::PAYLOAD_TOO_LARGE, msg);
     }
-    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return invalid(
-                "too_large",
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("review body exceeds {MAX_REVIEW_BYTES} bytes"),
-            );
-        }
-        Err(e) => {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err((reason, status, msg))) => return invalid(reason, status, msg),
+        Err(_) => {
             return invalid(
                 "read_error",
-                StatusCode::BAD_REQUEST,
-                format!("cannot read body: {e}"),
+                StatusCode::REQUEST_TIMEOUT,
+                "timed out reading the body".into(),
             );
         }
     };
@@ -134,6 +130,42 @@ async fn validate(state: &WebhookState, req: Request<Incoming>) -> Response<Body
         }
         Err((reason, msg)) => invalid(reason, StatusCode::BAD_REQUEST, msg),
     }
+}
+
+type BodyError = (&'static str, StatusCode, String);
+
+/// Reads a review body of at most [`MAX_REVIEW_BYTES`]. Past the limit the rest
+/// is read and dropped (up to `DRAIN_LIMIT`), so the client can finish sending
+/// and reliably receives the 413 instead of a reset.
+async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
+    let too_large = || {
+        let msg = format!("review body exceeds {MAX_REVIEW_BYTES} bytes");
+        ("too_large", StatusCode::PAYLOAD_TOO_LARGE, msg)
+    };
+    let mut collected = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            (
+                "read_error",
+                StatusCode::BAD_REQUEST,
+                format!("cannot read body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(data.len());
+            if total > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+            if total <= MAX_REVIEW_BYTES {
+                collected.extend_from_slice(&data);
+            }
+        }
+    }
+    if total > MAX_REVIEW_BYTES {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(collected))
 }
 
 /// Decodes a review, decides, and encodes the answer. Errors carry a metrics
