@@ -2,6 +2,7 @@
 //! CA, a fresh token per connection and, behind websockify, the TCP mode selector byte.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
@@ -35,18 +36,30 @@ pub struct Target {
     /// Signs a fresh token for each connection when the template has `{token}`.
     pub minter: Option<TokenMinter>,
     pub config: WebSocketConfig,
+    /// Numbers the VMIs: every session opens its own VMI, because labgate (like KubeVirt)
+    /// lets only one session use a VM's screen or console at a time.
+    pub next_vmi: AtomicU64,
 }
 
 impl Target {
-    /// The URL for one new session in `mode` (mints a token if the template needs one).
+    /// The URL for one new session in `mode`, with its own VMI name (`stream-7`, `echo-12`)
+    /// and, if the template needs one, a freshly minted token.
     pub fn url(&self, mode: Mode) -> anyhow::Result<String> {
+        let vmi = format!(
+            "{}-{}",
+            mode.vmi(),
+            self.next_vmi.fetch_add(1, Ordering::Relaxed)
+        );
         let mut url = self
             .url_template
-            .replace("{vmi}", mode.vmi())
+            .replace("{vmi}", &vmi)
             .replace("{sub}", mode.subresource());
         if url.contains("{token}") {
-            let minter = self.minter.as_ref().ok_or_else(|| anyhow!("the URL needs a token but no JWT secret was given"))?;
-            url = url.replace("{token}", &minter.mint()?);
+            let minter = self
+                .minter
+                .as_ref()
+                .ok_or_else(|| anyhow!("the URL needs a token but no JWT secret was given"))?;
+            url = url.replace("{token}", &minter.mint(&vmi)?);
         }
         Ok(url)
     }
@@ -54,13 +67,22 @@ impl Target {
     /// Opens a session: TCP, TLS if configured, websocket handshake, mode selector.
     pub async fn connect(&self, mode: Mode) -> anyhow::Result<Ws> {
         let url = self.url(mode)?;
-        let request = url.as_str().into_client_request().context("bad target URL")?;
-        let host = request.uri().host().ok_or_else(|| anyhow!("target URL has no host"))?.to_owned();
+        let request = url
+            .as_str()
+            .into_client_request()
+            .context("bad target URL")?;
+        let host = request
+            .uri()
+            .host()
+            .ok_or_else(|| anyhow!("target URL has no host"))?
+            .to_owned();
         let port = request
             .uri()
             .port_u16()
             .ok_or_else(|| anyhow!("target URL has no port"))?;
-        let tcp = TcpStream::connect((host.as_str(), port)).await.context("TCP connect")?;
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .context("TCP connect")?;
         tcp.set_nodelay(true)?;
         let conn = match &self.tls {
             Some(tls) => {
@@ -69,11 +91,13 @@ impl Target {
             }
             None => Either::Left(tcp),
         };
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, conn, Some(self.config))
-            .await
-            .context("websocket handshake")?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(request, conn, Some(self.config))
+                .await
+                .context("websocket handshake")?;
         if self.tcp_mode_selector {
-            ws.send(Message::Binary(Bytes::from(vec![mode.tcp_selector()]))).await?;
+            ws.send(Message::Binary(Bytes::from(vec![mode.tcp_selector()])))
+                .await?;
         }
         Ok(ws)
     }

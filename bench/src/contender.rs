@@ -19,7 +19,8 @@ pub const PROXY_CORE: &str = "1";
 pub const LOAD_CORE: &str = "0";
 
 /// The KubeVirt subresource path every websocket proxy forwards to, as a URL path template.
-pub const KUBEVIRT_PATH: &str = "/apis/subresources.kubevirt.io/v1/namespaces/lab-1/virtualmachineinstances/{vmi}/{sub}";
+pub const KUBEVIRT_PATH: &str =
+    "/apis/subresources.kubevirt.io/v1/namespaces/lab-1/virtualmachineinstances/{vmi}/{sub}";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Kind {
@@ -46,17 +47,67 @@ pub struct Contender {
 
 /// Every contender, in report order.
 pub fn roster() -> Vec<Contender> {
-    let c = |name, kind, tls, description| Contender { name, kind, tls, description };
+    let c = |name, kind, tls, description| Contender {
+        name,
+        kind,
+        tls,
+        description,
+    };
     vec![
-        c("direct", Kind::Direct, false, "no proxy, load generator to upstream"),
-        c("labgate", Kind::Labgate, false, "labgate-gateway, plain ws, JWT check + lab index lookup per connection"),
-        c("labgate-tls", Kind::Labgate, true, "labgate-gateway, TLS (rustls), JWT check + lab index lookup"),
-        c("nginx-default", Kind::Nginx { tuned: false }, false, "nginx websocket proxy, default 4 KiB proxy_buffer_size"),
-        c("nginx-default-tls", Kind::Nginx { tuned: false }, true, "nginx, TLS, default buffers"),
-        c("nginx-tuned", Kind::Nginx { tuned: true }, false, "nginx, proxy_buffer_size 64k + related buffer lines"),
-        c("nginx-tuned-tls", Kind::Nginx { tuned: true }, true, "nginx, TLS, tuned buffers"),
-        c("websockify", Kind::Websockify, false, "websockify (default fork-per-connection server), ws to TCP"),
-        c("python-relay", Kind::PythonRelay, false, "prototype-style asyncio relay (websockets 10, PyJWT per connection)"),
+        c(
+            "direct",
+            Kind::Direct,
+            false,
+            "no proxy, load generator to upstream",
+        ),
+        c(
+            "labgate",
+            Kind::Labgate,
+            false,
+            "labgate-gateway, plain ws, JWT check + lab index lookup per connection",
+        ),
+        c(
+            "labgate-tls",
+            Kind::Labgate,
+            true,
+            "labgate-gateway, TLS (rustls), JWT check + lab index lookup",
+        ),
+        c(
+            "nginx-default",
+            Kind::Nginx { tuned: false },
+            false,
+            "nginx websocket proxy, default 4 KiB proxy_buffer_size",
+        ),
+        c(
+            "nginx-default-tls",
+            Kind::Nginx { tuned: false },
+            true,
+            "nginx, TLS, default buffers",
+        ),
+        c(
+            "nginx-tuned",
+            Kind::Nginx { tuned: true },
+            false,
+            "nginx, proxy_buffer_size 64k + related buffer lines",
+        ),
+        c(
+            "nginx-tuned-tls",
+            Kind::Nginx { tuned: true },
+            true,
+            "nginx, TLS, tuned buffers",
+        ),
+        c(
+            "websockify",
+            Kind::Websockify,
+            false,
+            "websockify (default fork-per-connection server), ws to TCP",
+        ),
+        c(
+            "python-relay",
+            Kind::PythonRelay,
+            false,
+            "prototype-style asyncio relay (websockets 10, PyJWT per connection)",
+        ),
     ]
 }
 
@@ -91,10 +142,16 @@ pub struct Process {
 
 impl Process {
     fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         cmd.stderr(log_file.try_clone()?).stdin(Stdio::null());
-        let child = cmd.spawn().with_context(|| format!("start {:?}", cmd.get_program()))?;
-        Ok(Self { pid: child.id(), child })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {:?}", cmd.get_program()))?;
+        Ok(Self {
+            pid: child.id(),
+            child,
+        })
     }
 
     fn exited(&mut self) -> bool {
@@ -116,7 +173,10 @@ impl Process {
         while Instant::now() < deadline && !self.exited() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let left: Vec<u32> = tree.into_iter().filter(|p| Path::new(&format!("/proc/{p}")).exists()).collect();
+        let left: Vec<u32> = tree
+            .into_iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
         if !left.is_empty() {
             signal(&left, "KILL");
         }
@@ -148,10 +208,18 @@ pub fn pinned(core: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 /// Starts `cmd` with stdout piped and returns it with its first stdout line.
-fn spawn_reading_line(mut cmd: Command, log: &Path, wait: Duration) -> anyhow::Result<(Process, String)> {
+fn spawn_reading_line(
+    mut cmd: Command,
+    log: &Path,
+    wait: Duration,
+) -> anyhow::Result<(Process, String)> {
     cmd.stdout(Stdio::piped());
     let mut process = Process::spawn(cmd, log)?;
-    let stdout = process.child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let stdout = process
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout"))?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -160,7 +228,11 @@ fn spawn_reading_line(mut cmd: Command, log: &Path, wait: Duration) -> anyhow::R
     });
     match rx.recv_timeout(wait) {
         Ok(line) if !line.trim().is_empty() => Ok((process, line)),
-        _ => bail!("{} did not report its address; see {}", process.pid, log.display()),
+        _ => bail!(
+            "{} did not report its address; see {}",
+            process.pid,
+            log.display()
+        ),
     }
 }
 
@@ -180,18 +252,32 @@ fn wait_for_port(process: &mut Process, port: u16, log: &Path) -> anyhow::Result
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    bail!("not listening on port {port} after 20 s; see {}", log.display())
+    bail!(
+        "not listening on port {port} after 20 s; see {}",
+        log.display()
+    )
 }
 
 /// Starts the upstream on the load core.
 pub fn start_upstream(setup: &Setup) -> anyhow::Result<(Process, UpstreamAddrs)> {
     let cmd = pinned(LOAD_CORE, setup.bin_dir.join("bench-upstream"));
-    let (process, line) = spawn_reading_line(cmd, &setup.work.join("upstream.log"), Duration::from_secs(10))?;
-    let v: serde_json::Value = serde_json::from_str(line.trim()).context("upstream address line")?;
+    let (process, line) = spawn_reading_line(
+        cmd,
+        &setup.work.join("upstream.log"),
+        Duration::from_secs(10),
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).context("upstream address line")?;
     let addr = |k: &str| -> anyhow::Result<SocketAddr> {
-        v[k].as_str().ok_or_else(|| anyhow!("no {k}"))?.parse().context("bad address")
+        v[k].as_str()
+            .ok_or_else(|| anyhow!("no {k}"))?
+            .parse()
+            .context("bad address")
     };
-    let addrs = UpstreamAddrs { ws: addr("ws_addr")?, tcp: addr("tcp_addr")? };
+    let addrs = UpstreamAddrs {
+        ws: addr("ws_addr")?,
+        tcp: addr("tcp_addr")?,
+    };
     Ok((process, addrs))
 }
 
@@ -217,7 +303,11 @@ impl Contender {
         match self.kind {
             Kind::Direct => None,
             Kind::Labgate => missing(setup.bin_dir.join("labgate-gateway")),
-            Kind::Nginx { .. } => match Command::new("nginx").arg("-v").stderr(Stdio::null()).status() {
+            Kind::Nginx { .. } => match Command::new("nginx")
+                .arg("-v")
+                .stderr(Stdio::null())
+                .status()
+            {
                 Ok(s) if s.success() => None,
                 _ => Some("nginx not installed".into()),
             },
@@ -260,14 +350,21 @@ impl Contender {
                 cmd.arg("--kube-token-file").arg(&setup.kube_token_file);
                 cmd.arg("--jwt-hmac-secret-file").arg(&setup.secret_file);
                 cmd.args(["--jwt-algorithms", "HS256"]);
-                cmd.arg("--max-sessions").arg(setup.max_sessions.to_string());
-                cmd.arg("--max-sessions-per-user").arg(setup.max_sessions.to_string());
-                cmd.stdout(std::fs::File::create(setup.work.join(format!("{}.stdout", self.name)))?);
+                cmd.arg("--max-sessions")
+                    .arg(setup.max_sessions.to_string());
+                cmd.arg("--max-sessions-per-user")
+                    .arg(setup.max_sessions.to_string());
+                cmd.stdout(std::fs::File::create(
+                    setup.work.join(format!("{}.stdout", self.name)),
+                )?);
                 let mut process = Process::spawn(cmd, &log)?;
-                wait_for_port(&mut process, port, &log).with_context(|| format!("{} did not start", self.name))?;
+                wait_for_port(&mut process, port, &log)
+                    .with_context(|| format!("{} did not start", self.name))?;
                 Ok(Running {
                     process: Some(process),
-                    url: format!("{scheme}://127.0.0.1:{port}/labs/lab-1/{{vmi}}/{{sub}}/{{token}}"),
+                    url: format!(
+                        "{scheme}://127.0.0.1:{port}/labs/lab-1/{{vmi}}/{{sub}}/{{token}}"
+                    ),
                     tls: self.tls,
                     needs_token: true,
                     tcp_mode_selector: false,
@@ -278,12 +375,28 @@ impl Contender {
                 let dir = setup.work.join(self.name);
                 std::fs::create_dir_all(&dir)?;
                 let conf = dir.join("nginx.conf");
-                std::fs::write(&conf, nginx_config(&dir, port, up.ws, tuned, self.tls.then_some(setup), setup.max_sessions))?;
+                std::fs::write(
+                    &conf,
+                    nginx_config(
+                        &dir,
+                        port,
+                        up.ws,
+                        tuned,
+                        self.tls.then_some(setup),
+                        setup.max_sessions,
+                    ),
+                )?;
                 let mut cmd = pinned(PROXY_CORE, "nginx");
-                cmd.arg("-p").arg(&dir).arg("-c").arg(&conf).arg("-e").arg(dir.join("error.log"));
+                cmd.arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-e")
+                    .arg(dir.join("error.log"));
                 cmd.stdout(Stdio::null());
                 let mut process = Process::spawn(cmd, &log)?;
-                wait_for_port(&mut process, port, &log).with_context(|| format!("{} did not start", self.name))?;
+                wait_for_port(&mut process, port, &log)
+                    .with_context(|| format!("{} did not start", self.name))?;
                 Ok(Running {
                     process: Some(process),
                     url: format!("{scheme}://127.0.0.1:{port}{KUBEVIRT_PATH}"),
@@ -309,13 +422,17 @@ impl Contender {
             }
             Kind::PythonRelay => {
                 let mut cmd = pinned(PROXY_CORE, setup.venv.join("bin/python"));
-                cmd.arg("-u").arg(setup.bench_dir.join("contenders/python_relay.py"));
+                cmd.arg("-u")
+                    .arg(setup.bench_dir.join("contenders/python_relay.py"));
                 cmd.arg("--secret-file").arg(&setup.secret_file);
                 cmd.arg("--remote-url").arg(format!("ws://{}", up.ws));
                 cmd.arg("--token-file").arg(&setup.kube_token_file);
                 let (process, line) = spawn_reading_line(cmd, &log, Duration::from_secs(20))?;
-                let v: serde_json::Value = serde_json::from_str(line.trim()).context("python relay port line")?;
-                let port = v["port"].as_u64().ok_or_else(|| anyhow!("python relay printed no port"))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line.trim()).context("python relay port line")?;
+                let port = v["port"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("python relay printed no port"))?;
                 Ok(Running {
                     process: Some(process),
                     url: format!("ws://127.0.0.1:{port}/{{token}}/{{vmi}}"),
@@ -330,7 +447,14 @@ impl Contender {
 
 /// One worker process (one core), websocket upgrade headers, and either nginx's default relay
 /// buffer (4 KiB on this platform) or 64 KiB with the buffer lines that must grow with it.
-fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr, tuned: bool, tls: Option<&Setup>, max_sessions: usize) -> String {
+fn nginx_config(
+    dir: &Path,
+    port: u16,
+    upstream: SocketAddr,
+    tuned: bool,
+    tls: Option<&Setup>,
+    max_sessions: usize,
+) -> String {
     let d = dir.display();
     let listen = match tls {
         Some(s) => format!(

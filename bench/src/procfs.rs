@@ -30,7 +30,11 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
@@ -42,7 +46,12 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     tree
@@ -50,7 +59,9 @@ pub fn process_tree(root: u32) -> Vec<u32> {
 
 fn cpu_seconds(pid: u32) -> f64 {
     // After the comm field: state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14.
-    let Some(f) = stat_fields(pid) else { return 0.0 };
+    let Some(f) = stat_fields(pid) else {
+        return 0.0;
+    };
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (tick(11) + tick(12) + tick(13) + tick(14)) / TICKS_PER_SECOND
 }

@@ -81,10 +81,18 @@ impl Results {
                     .iter()
                     .filter(|r| r.contender == c.name && r.scenario == m.scenario)
                     .collect();
-                let values: Vec<f64> = runs.iter().filter(|r| r.ok()).filter_map(|r| r.result[m.field].as_f64()).collect();
+                let values: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.ok())
+                    .filter_map(|r| r.result[m.field].as_f64())
+                    .collect();
                 per_metric.insert(
                     m.key.to_owned(),
-                    Summary { median: median(&values), values, failed: runs.iter().any(|r| !r.ok()) },
+                    Summary {
+                        median: median(&values),
+                        values,
+                        failed: runs.iter().any(|r| !r.ok()),
+                    },
                 );
             }
             self.summary.insert(c.name.clone(), per_metric);
@@ -103,26 +111,96 @@ impl Results {
 
     fn check_targets(&self) -> Vec<TargetCheck> {
         let mut checks = Vec::new();
-        let mut ratio_check = |target: String, lab: &str, reference: &str, metric: &str, invert: bool, ok: &dyn Fn(f64) -> bool| {
+        let mut ratio_check = |target: String,
+                               lab: &str,
+                               reference: &str,
+                               metric: &str,
+                               invert: bool,
+                               ok: &dyn Fn(f64) -> bool| {
             let (l, r) = (self.value(lab, metric), self.value(reference, metric));
             let ratio = match (l, r) {
                 (Some(l), Some(r)) if !invert && r > 0.0 => Some(l / r),
                 (Some(l), Some(r)) if invert && l > 0.0 => Some(r / l),
                 _ => None,
             };
-            checks.push(TargetCheck { target, labgate: l, reference: r, ratio, met: ratio.map(ok) });
+            checks.push(TargetCheck {
+                target,
+                labgate: l,
+                reference: r,
+                ratio,
+                met: ratio.map(ok),
+            });
         };
-        for (lab, nginx) in [("labgate", "nginx-tuned"), ("labgate-tls", "nginx-tuned-tls")] {
-            ratio_check(format!("{lab}: throughput 1 session ≥ {nginx}"), lab, nginx, "thr_one", false, &|x| x >= 1.0);
-            ratio_check(format!("{lab}: throughput many sessions ≥ {nginx}"), lab, nginx, "thr_many", false, &|x| x >= 1.0);
-            ratio_check(format!("{lab}: CPU s/GB (1 session) ≤ 0.85× {nginx}"), lab, nginx, "cpu_one", false, &|x| x <= 0.85);
-            ratio_check(format!("{lab}: CPU s/GB (many sessions) ≤ 0.85× {nginx}"), lab, nginx, "cpu_many", false, &|x| x <= 0.85);
-            ratio_check(format!("{lab}: RTT p99 ≤ {nginx}"), lab, nginx, "rtt_p99", false, &|x| x <= 1.0);
+        for (lab, nginx) in [
+            ("labgate", "nginx-tuned"),
+            ("labgate-tls", "nginx-tuned-tls"),
+        ] {
+            ratio_check(
+                format!("{lab}: throughput 1 session ≥ {nginx}"),
+                lab,
+                nginx,
+                "thr_one",
+                false,
+                &|x| x >= 1.0,
+            );
+            ratio_check(
+                format!("{lab}: throughput many sessions ≥ {nginx}"),
+                lab,
+                nginx,
+                "thr_many",
+                false,
+                &|x| x >= 1.0,
+            );
+            ratio_check(
+                format!("{lab}: CPU s/GB (1 session) ≤ 0.85× {nginx}"),
+                lab,
+                nginx,
+                "cpu_one",
+                false,
+                &|x| x <= 0.85,
+            );
+            ratio_check(
+                format!("{lab}: CPU s/GB (many sessions) ≤ 0.85× {nginx}"),
+                lab,
+                nginx,
+                "cpu_many",
+                false,
+                &|x| x <= 0.85,
+            );
+            ratio_check(
+                format!("{lab}: RTT p99 ≤ {nginx}"),
+                lab,
+                nginx,
+                "rtt_p99",
+                false,
+                &|x| x <= 1.0,
+            );
         }
-        ratio_check("labgate: handshakes/s ≥ 1.5× nginx-tuned (plain)".into(), "labgate", "nginx-tuned", "hs_rate", false, &|x| x >= 1.5);
-        ratio_check("labgate-tls: handshakes/s vs nginx-tuned-tls (information)".into(), "labgate-tls", "nginx-tuned-tls", "hs_rate", false, &|x| x >= 1.0);
+        ratio_check(
+            "labgate: handshakes/s ≥ 1.5× nginx-tuned (plain)".into(),
+            "labgate",
+            "nginx-tuned",
+            "hs_rate",
+            false,
+            &|x| x >= 1.5,
+        );
+        ratio_check(
+            "labgate-tls: handshakes/s vs nginx-tuned-tls (information)".into(),
+            "labgate-tls",
+            "nginx-tuned-tls",
+            "hs_rate",
+            false,
+            &|x| x >= 1.0,
+        );
         for other in ["websockify", "python-relay"] {
-            ratio_check(format!("labgate: RTT p99 ≥ 4× better than {other}"), "labgate", other, "rtt_p99", true, &|x| x >= 4.0);
+            ratio_check(
+                format!("labgate: RTT p99 ≥ 4× better than {other}"),
+                "labgate",
+                other,
+                "rtt_p99",
+                true,
+                &|x| x >= 4.0,
+            );
         }
         let idle = self.value("labgate", "idle_kib");
         checks.push(TargetCheck {
@@ -147,7 +225,11 @@ impl Results {
             self.started_utc,
             self.finished_utc,
             p.repeats,
-            if p.smoke { " --smoke (1 short repeat: functional check, the numbers mean little)" } else { "" }
+            if p.smoke {
+                " --smoke (1 short repeat: functional check, the numbers mean little)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(md, "![chart](chart.png)\n");
         let _ = writeln!(md, "## Machine\n\n| | |\n|---|---|");
@@ -175,27 +257,50 @@ impl Results {
             } else {
                 ""
             },
-            p.scenarios.iter().map(|s| s.title.clone()).collect::<Vec<_>>().join("; ")
+            p.scenarios
+                .iter()
+                .map(|s| s.title.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
         );
-        let _ = writeln!(md, "## Contenders\n\n| Contender | What | Status |\n|---|---|---|");
+        let _ = writeln!(
+            md,
+            "## Contenders\n\n| Contender | What | Status |\n|---|---|---|"
+        );
         for c in &self.contenders {
             let _ = writeln!(md, "| {} | {} | {} |", c.name, c.description, c.status);
         }
         let _ = writeln!(md, "\n## Results (medians)\n");
-        let header: Vec<String> = METRICS.iter().map(|m| format!("{} ({})", m.title, m.unit)).collect();
+        let header: Vec<String> = METRICS
+            .iter()
+            .map(|m| format!("{} ({})", m.title, m.unit))
+            .collect();
         let _ = writeln!(md, "| Contender | {} |", header.join(" | "));
         let _ = writeln!(md, "|---|{}", "---:|".repeat(METRICS.len()));
         for c in self.ran() {
             let cells: Vec<String> = METRICS.iter().map(|m| self.cell(&c.name, m)).collect();
             let _ = writeln!(md, "| {} | {} |", c.name, cells.join(" | "));
         }
-        let _ = writeln!(md, "\n## Ratios\n\nTo direct (throughput) and to tuned nginx of the same transport (plain or TLS); \
-            for throughput and handshakes higher is better, for CPU, latency and memory lower is better.\n");
-        let _ = writeln!(md, "| Contender | thr 1 / direct | thr many / direct | thr 1 / nginx | thr many / nginx | CPU/GB 1 / nginx | CPU/GB many / nginx | RTT p99 / nginx | handshakes / nginx | idle KiB / nginx |");
+        let _ = writeln!(
+            md,
+            "\n## Ratios\n\nTo direct (throughput) and to tuned nginx of the same transport (plain or TLS); \
+            for throughput and handshakes higher is better, for CPU, latency and memory lower is better.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| Contender | thr 1 / direct | thr many / direct | thr 1 / nginx | thr many / nginx | CPU/GB 1 / nginx | CPU/GB many / nginx | RTT p99 / nginx | handshakes / nginx | idle KiB / nginx |"
+        );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in self.ran() {
-            let nginx = if c.tls { "nginx-tuned-tls" } else { "nginx-tuned" };
-            let r = |metric: &str, reference: &str| match (self.value(&c.name, metric), self.value(reference, metric)) {
+            let nginx = if c.tls {
+                "nginx-tuned-tls"
+            } else {
+                "nginx-tuned"
+            };
+            let r = |metric: &str, reference: &str| match (
+                self.value(&c.name, metric),
+                self.value(reference, metric),
+            ) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "–".into(),
             };
@@ -214,7 +319,10 @@ impl Results {
                 r("idle_kib", nginx)
             );
         }
-        let _ = writeln!(md, "\n## Targets (issue 5)\n\n| Target | labgate | reference | ratio | met |\n|---|---:|---:|---:|---|");
+        let _ = writeln!(
+            md,
+            "\n## Targets (issue 5)\n\n| Target | labgate | reference | ratio | met |\n|---|---:|---:|---:|---|"
+        );
         for t in &self.targets {
             let f = |v: Option<f64>| v.map(|x| format_number(x, 3)).unwrap_or_else(|| "–".into());
             let met = match t.met {
@@ -222,11 +330,21 @@ impl Results {
                 Some(false) => "**no**",
                 None => "n/a",
             };
-            let _ = writeln!(md, "| {} | {} | {} | {} | {met} |", t.target, f(t.labgate), f(t.reference), f(t.ratio));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {met} |",
+                t.target,
+                f(t.labgate),
+                f(t.reference),
+                f(t.ratio)
+            );
         }
         let failures = self.failures();
         if !failures.is_empty() {
-            let _ = writeln!(md, "\n## Failures\n\n| Contender | Repeat | Scenario | Errors | First errors |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                md,
+                "\n## Failures\n\n| Contender | Repeat | Scenario | Errors | First errors |\n|---|---|---|---|---|"
+            );
             for r in failures {
                 let _ = writeln!(
                     md,
@@ -240,13 +358,18 @@ impl Results {
             }
         }
         if let Some(profile) = &self.profile {
-            let _ = writeln!(md, "\n## Profile: labgate under the many-session throughput scenario\n\n{profile}");
+            let _ = writeln!(
+                md,
+                "\n## Profile: labgate under the many-session throughput scenario\n\n{profile}"
+            );
         }
         md
     }
 
     fn ran(&self) -> impl Iterator<Item = &ContenderStatus> {
-        self.contenders.iter().filter(|c| !c.status.starts_with("skipped"))
+        self.contenders
+            .iter()
+            .filter(|c| !c.status.starts_with("skipped"))
     }
 
     fn cell(&self, contender: &str, m: &Metric) -> String {

@@ -19,7 +19,7 @@ pub const LAB_OWNER: &str = "alice@example.com";
 #[derive(Serialize)]
 struct LabInstance<'a> {
     namespace_name: &'a str,
-    allowed_vmi_names: [&'a str; 2],
+    allowed_vmi_names: [&'a str; 1],
 }
 
 #[derive(Serialize)]
@@ -38,15 +38,18 @@ pub struct TokenMinter {
 
 impl TokenMinter {
     pub fn new(secret: &[u8]) -> Self {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Self {
             key: EncodingKey::from_secret(secret),
             next_id: AtomicU64::new(seed),
         }
     }
 
-    /// A new token for the lab owner, valid for an hour.
-    pub fn mint(&self) -> anyhow::Result<String> {
+    /// A new token for the lab owner, valid for an hour, allowing the VMI `vmi`.
+    pub fn mint(&self, vmi: &str) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims {
             sub: LAB_OWNER,
@@ -54,9 +57,13 @@ impl TokenMinter {
             jti: self.next_id.fetch_add(1, Ordering::Relaxed),
             lab_instance: LabInstance {
                 namespace_name: LAB_NAMESPACE,
-                allowed_vmi_names: ["stream", "echo"],
+                allowed_vmi_names: [vmi],
             },
         };
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)?)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.key,
+        )?)
     }
 }

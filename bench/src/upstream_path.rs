@@ -3,6 +3,7 @@
 //! The VMI name selects the behaviour, so every contender (including the prototype-style
 //! relay, which always dials `vnc`) reaches both: a VMI named `stream…` sends a framebuffer-like
 //! stream, one named `echo…` echoes like a serial console. Both `vnc` and `console` work.
+//! The load generator numbers the VMIs (`stream-3`), one per session.
 
 /// What an upstream session does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,7 +15,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The VMI name the load generator uses for this mode.
+    /// The VMI name prefix the load generator uses for this mode.
     pub fn vmi(self) -> &'static str {
         match self {
             Mode::Stream => "stream",
@@ -53,9 +54,17 @@ pub fn mode_for_path(path_and_query: &str) -> Option<Mode> {
     let path = path_and_query.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
-        ["", "apis", "subresources.kubevirt.io", "v1" | "v1alpha3", "namespaces", ns, "virtualmachineinstances", vmi, "vnc" | "console"]
-            if !ns.is_empty() =>
-        {
+        [
+            "",
+            "apis",
+            "subresources.kubevirt.io",
+            "v1" | "v1alpha3",
+            "namespaces",
+            ns,
+            "virtualmachineinstances",
+            vmi,
+            "vnc" | "console",
+        ] if !ns.is_empty() => {
             if vmi.starts_with("stream") {
                 Some(Mode::Stream)
             } else if vmi.starts_with("echo") {
@@ -75,11 +84,16 @@ mod tests {
     #[test]
     fn paths_select_modes() {
         let p = |vmi: &str, sub: &str| {
-            format!("/apis/subresources.kubevirt.io/v1/namespaces/lab-1/virtualmachineinstances/{vmi}/{sub}")
+            format!(
+                "/apis/subresources.kubevirt.io/v1/namespaces/lab-1/virtualmachineinstances/{vmi}/{sub}"
+            )
         };
         assert_eq!(mode_for_path(&p("stream", "vnc")), Some(Mode::Stream));
         assert_eq!(mode_for_path(&p("echo", "console")), Some(Mode::Echo));
-        assert_eq!(mode_for_path(&(p("echo", "vnc") + "?preserveSession=true")), Some(Mode::Echo));
+        assert_eq!(
+            mode_for_path(&(p("echo", "vnc") + "?preserveSession=true")),
+            Some(Mode::Echo)
+        );
         assert_eq!(mode_for_path(&p("other", "vnc")), None);
         assert_eq!(mode_for_path(&p("stream", "screenshot")), None);
         assert_eq!(mode_for_path("/labs/lab-1/stream/vnc"), None);

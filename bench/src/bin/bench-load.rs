@@ -130,11 +130,15 @@ fn cpu_delta(before: Option<TreeSample>, after: Option<TreeSample>) -> Option<f6
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tls = match &args.ca_file {
-        Some(path) => Some(tls_connector(&std::fs::read(path).context("read CA file")?)?),
+        Some(path) => Some(tls_connector(
+            &std::fs::read(path).context("read CA file")?,
+        )?),
         None => None,
     };
     let minter = match &args.jwt_secret_file {
-        Some(path) => Some(TokenMinter::new(&std::fs::read(path).context("read JWT secret file")?)),
+        Some(path) => Some(TokenMinter::new(
+            &std::fs::read(path).context("read JWT secret file")?,
+        )),
         None => None,
     };
     let idle = matches!(args.scenario, Scenario::Idle { .. });
@@ -146,21 +150,52 @@ async fn main() -> anyhow::Result<()> {
         tcp_mode_selector: args.tcp_mode_selector,
         minter,
         config: WebSocketConfig::default().read_buffer_size(read_buffer),
+        next_vmi: Default::default(),
     });
     // Fail early and clearly if the URL cannot be built.
     target.url(Mode::Echo)?;
     let result = match args.scenario {
-        Scenario::Throughput { sessions, seconds, warmup } => {
-            throughput(target, args.proxy_pid, sessions, seconds, warmup).await
+        Scenario::Throughput {
+            sessions,
+            seconds,
+            warmup,
+        } => throughput(target, args.proxy_pid, sessions, seconds, warmup).await,
+        Scenario::Rtt {
+            sessions,
+            seconds,
+            warmup,
+            interval_ms,
+            message_bytes,
+        } => {
+            rtt(
+                target,
+                args.proxy_pid,
+                sessions,
+                seconds,
+                warmup,
+                interval_ms,
+                message_bytes,
+            )
+            .await
         }
-        Scenario::Rtt { sessions, seconds, warmup, interval_ms, message_bytes } => {
-            rtt(target, args.proxy_pid, sessions, seconds, warmup, interval_ms, message_bytes).await
-        }
-        Scenario::Handshake { concurrency, seconds, warmup } => {
-            handshake(target, args.proxy_pid, concurrency, seconds, warmup).await
-        }
-        Scenario::Idle { sessions, settle, connect_concurrency } => {
-            idle_sessions(target, args.proxy_pid, sessions, settle, connect_concurrency).await
+        Scenario::Handshake {
+            concurrency,
+            seconds,
+            warmup,
+        } => handshake(target, args.proxy_pid, concurrency, seconds, warmup).await,
+        Scenario::Idle {
+            sessions,
+            settle,
+            connect_concurrency,
+        } => {
+            idle_sessions(
+                target,
+                args.proxy_pid,
+                sessions,
+                settle,
+                connect_concurrency,
+            )
+            .await
         }
     };
     println!("{result}");
@@ -168,15 +203,24 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn connect(target: &Target, mode: Mode) -> anyhow::Result<Ws> {
-    timeout(STEP_TIMEOUT, target.connect(mode)).await.context("connect timed out")?
+    timeout(STEP_TIMEOUT, target.connect(mode))
+        .await
+        .context("connect timed out")?
 }
 
-async fn throughput(target: Arc<Target>, pid: Option<u32>, sessions: usize, seconds: f64, warmup: f64) -> Value {
+async fn throughput(
+    target: Arc<Target>,
+    pid: Option<u32>,
+    sessions: usize,
+    seconds: f64,
+    warmup: f64,
+) -> Value {
     let errors = Arc::new(Errors::default());
     let bytes = Arc::new(AtomicU64::new(0));
     let stopping = Arc::new(AtomicBool::new(false));
     let pattern = Pattern::new(64 * 1024);
-    let connects = futures::future::join_all((0..sessions).map(|_| connect(&target, Mode::Stream))).await;
+    let connects =
+        futures::future::join_all((0..sessions).map(|_| connect(&target, Mode::Stream))).await;
     let mut tasks = Vec::new();
     for conn in connects {
         match conn {
@@ -191,9 +235,17 @@ async fn throughput(target: Arc<Target>, pid: Option<u32>, sessions: usize, seco
         }
     }
     sleep(Duration::from_secs_f64(warmup)).await;
-    let (t0, b0, s0) = (Instant::now(), bytes.load(Ordering::Relaxed), sample_proxy(pid));
+    let (t0, b0, s0) = (
+        Instant::now(),
+        bytes.load(Ordering::Relaxed),
+        sample_proxy(pid),
+    );
     sleep(Duration::from_secs_f64(seconds)).await;
-    let (t1, b1, s1) = (Instant::now(), bytes.load(Ordering::Relaxed), sample_proxy(pid));
+    let (t1, b1, s1) = (
+        Instant::now(),
+        bytes.load(Ordering::Relaxed),
+        sample_proxy(pid),
+    );
     stopping.store(true, Ordering::Relaxed);
     for task in &tasks {
         task.abort();
@@ -249,7 +301,9 @@ async fn read_stream(
 /// Sends `msg` and reads until as many bytes came back (a proxy in front of a TCP echo may
 /// split them), then checks they are the same bytes.
 async fn echo_once(ws: &mut Ws, msg: Bytes) -> anyhow::Result<()> {
-    ws.send(Message::Binary(msg.clone())).await.context("send failed")?;
+    ws.send(Message::Binary(msg.clone()))
+        .await
+        .context("send failed")?;
     let mut got = Vec::with_capacity(msg.len());
     while got.len() < msg.len() {
         match ws.next().await {
@@ -286,7 +340,8 @@ async fn rtt(
     message_bytes: usize,
 ) -> Value {
     let errors = Arc::new(Errors::default());
-    let connects = futures::future::join_all((0..sessions).map(|_| connect(&target, Mode::Echo))).await;
+    let connects =
+        futures::future::join_all((0..sessions).map(|_| connect(&target, Mode::Echo))).await;
     let interval = Duration::from_millis(interval_ms.max(1));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
@@ -313,8 +368,15 @@ async fn rtt(
                 if sent >= end {
                     break;
                 }
-                match timeout(STEP_TIMEOUT, echo_once(&mut ws, probe(i, seq, message_bytes))).await {
-                    Ok(Ok(())) if sent >= measure_from => samples.push(sent.elapsed().as_micros() as u64),
+                match timeout(
+                    STEP_TIMEOUT,
+                    echo_once(&mut ws, probe(i, seq, message_bytes)),
+                )
+                .await
+                {
+                    Ok(Ok(())) if sent >= measure_from => {
+                        samples.push(sent.elapsed().as_micros() as u64)
+                    }
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         errors.record(e);
@@ -360,7 +422,13 @@ async fn rtt(
     })
 }
 
-async fn handshake(target: Arc<Target>, pid: Option<u32>, concurrency: usize, seconds: f64, warmup: f64) -> Value {
+async fn handshake(
+    target: Arc<Target>,
+    pid: Option<u32>,
+    concurrency: usize,
+    seconds: f64,
+    warmup: f64,
+) -> Value {
     let errors = Arc::new(Errors::default());
     let close_timeouts = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -368,7 +436,8 @@ async fn handshake(target: Arc<Target>, pid: Option<u32>, concurrency: usize, se
     let end = measure_from + Duration::from_secs_f64(seconds);
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (target, errors, close_timeouts) = (target.clone(), errors.clone(), close_timeouts.clone());
+        let (target, errors, close_timeouts) =
+            (target.clone(), errors.clone(), close_timeouts.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies_us = Vec::new();
             let mut seq = 0u64;
@@ -459,7 +528,8 @@ async fn idle_sessions(
     let mut tasks = Vec::with_capacity(sessions);
     for i in 0..sessions {
         let (target, errors, permits) = (target.clone(), errors.clone(), permits.clone());
-        let (opened, finished_opening, dropped) = (opened.clone(), finished_opening.clone(), dropped.clone());
+        let (opened, finished_opening, dropped) =
+            (opened.clone(), finished_opening.clone(), dropped.clone());
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let opening = async {
@@ -506,7 +576,9 @@ async fn idle_sessions(
     sleep(Duration::from_secs(1)).await;
     let after_close = sample_proxy(pid);
     let per_session = match (before, after) {
-        (Some(b), Some(a)) if open > 0 => Some((a.memory_kib as f64 - b.memory_kib as f64) / open as f64),
+        (Some(b), Some(a)) if open > 0 => {
+            Some((a.memory_kib as f64 - b.memory_kib as f64) / open as f64)
+        }
         _ => None,
     };
     json!({

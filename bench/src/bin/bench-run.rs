@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use labgate_bench::contender::{Contender, Kind, LOAD_CORE, Running, Setup, pinned, roster, start_upstream};
+use labgate_bench::contender::{
+    Contender, Kind, LOAD_CORE, Running, Setup, pinned, roster, start_upstream,
+};
 use labgate_bench::plan::{Plan, Scenario};
 use labgate_bench::procfs::open_files_hard_limit;
 use labgate_bench::report::{ContenderStatus, Results, RunRecord};
@@ -56,8 +58,10 @@ fn main() -> anyhow::Result<()> {
     let open_files = open_files_hard_limit().unwrap_or(20_000);
     let plan = Plan::new(args.smoke, args.repeats, open_files);
     let setup = prepare(&args, &plan)?;
-    let contenders: Vec<Contender> =
-        roster().into_iter().filter(|c| args.only.is_empty() || args.only.iter().any(|o| o == c.name)).collect();
+    let contenders: Vec<Contender> = roster()
+        .into_iter()
+        .filter(|c| args.only.is_empty() || args.only.iter().any(|o| o == c.name))
+        .collect();
     let mut statuses: Vec<ContenderStatus> = contenders
         .iter()
         .map(|c| ContenderStatus {
@@ -77,7 +81,12 @@ fn main() -> anyhow::Result<()> {
             if status.status.starts_with("skipped") {
                 continue;
             }
-            eprintln!("[{:>5.0}s] repeat {repeat}/{}: {}", began.elapsed().as_secs_f64(), plan.repeats, c.name);
+            eprintln!(
+                "[{:>5.0}s] repeat {repeat}/{}: {}",
+                began.elapsed().as_secs_f64(),
+                plan.repeats,
+                c.name
+            );
             match run_contender(&setup, &plan, c, repeat) {
                 Ok(records) => {
                     for r in &records {
@@ -100,10 +109,18 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let profile = if args.profile { Some(profile_labgate(&setup, &plan, &args.out)) } else { None };
+    let profile = if args.profile {
+        Some(profile_labgate(&setup, &plan, &args.out))
+    } else {
+        None
+    };
     machine.insert("load average (end)".into(), read_trimmed("/proc/loadavg"));
     let mut results = Results {
-        mode: if args.smoke { "smoke".into() } else { "full".into() },
+        mode: if args.smoke {
+            "smoke".into()
+        } else {
+            "full".into()
+        },
         started_utc,
         finished_utc: utc_now(),
         machine,
@@ -120,11 +137,18 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
     std::fs::write(args.out.join("RESULTS.md"), results.markdown())?;
     draw_chart(&args, &json_path);
-    eprintln!("wrote {} in {:.0} s", args.out.join("RESULTS.md").display(), began.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.0} s",
+        args.out.join("RESULTS.md").display(),
+        began.elapsed().as_secs_f64()
+    );
     let failures = results.failures();
     if !failures.is_empty() {
         for f in &failures {
-            eprintln!("FAILED: {} {} (repeat {}): {}", f.contender, f.scenario, f.repeat, f.result["error_samples"]);
+            eprintln!(
+                "FAILED: {} {} (repeat {}): {}",
+                f.contender, f.scenario, f.repeat, f.result["error_samples"]
+            );
         }
         std::process::exit(1);
     }
@@ -146,7 +170,8 @@ fn prepare(args: &Args, plan: &Plan) -> anyhow::Result<Setup> {
         Ok(path)
     };
     let secret = random_hex(32)?;
-    let labs = format!("labs:\n  - namespace: {LAB_NAMESPACE}\n    owner: {LAB_OWNER}\n    members: []\n");
+    let labs =
+        format!("labs:\n  - namespace: {LAB_NAMESPACE}\n    owner: {LAB_OWNER}\n    members: []\n");
     let abs = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     Ok(Setup {
         bin_dir: abs(&args.bin_dir),
@@ -176,30 +201,49 @@ fn make_certificates() -> anyhow::Result<(String, String, String)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "labgate bench CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "labgate bench CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
     let cert = params.signed_by(&key, &issuer)?;
     Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
 
 /// Starts a fresh upstream and the contender, runs every scenario once, stops both.
-fn run_contender(setup: &Setup, plan: &Plan, c: &Contender, repeat: usize) -> anyhow::Result<Vec<RunRecord>> {
+fn run_contender(
+    setup: &Setup,
+    plan: &Plan,
+    c: &Contender,
+    repeat: usize,
+) -> anyhow::Result<Vec<RunRecord>> {
     let (upstream, addrs) = start_upstream(setup)?;
     let running = c.start(setup, addrs)?;
     let mut records = Vec::new();
     for scenario in &plan.scenarios {
         let mut extra = Vec::new();
         if scenario.id == "idle" {
-            let n = if c.kind == Kind::Websockify { plan.idle_sessions_forking } else { plan.idle_sessions };
+            let n = if c.kind == Kind::Websockify {
+                plan.idle_sessions_forking
+            } else {
+                plan.idle_sessions
+            };
             extra = vec!["--sessions".to_string(), n.to_string()];
         }
         let result = run_load(setup, &running, scenario, &extra)?;
-        records.push(RunRecord { contender: c.name.into(), repeat, scenario: scenario.id.into(), result });
+        records.push(RunRecord {
+            contender: c.name.into(),
+            repeat,
+            scenario: scenario.id.into(),
+            result,
+        });
         // Let closed sessions drain before the next scenario.
         std::thread::sleep(Duration::from_millis(if plan.smoke { 100 } else { 500 }));
     }
@@ -209,8 +253,16 @@ fn run_contender(setup: &Setup, plan: &Plan, c: &Contender, repeat: usize) -> an
 }
 
 /// Runs `bench-load` (pinned to the load core) for one scenario and parses its JSON.
-fn run_load(setup: &Setup, running: &Running, scenario: &Scenario, extra: &[String]) -> anyhow::Result<Value> {
-    let output = load_command(setup, running, scenario, extra).stderr(Stdio::inherit()).output().context("run bench-load")?;
+fn run_load(
+    setup: &Setup,
+    running: &Running,
+    scenario: &Scenario,
+    extra: &[String],
+) -> anyhow::Result<Value> {
+    let output = load_command(setup, running, scenario, extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run bench-load")?;
     let text = String::from_utf8_lossy(&output.stdout);
     match serde_json::from_str::<Value>(text.trim()) {
         Ok(v) => Ok(v),
@@ -222,7 +274,12 @@ fn run_load(setup: &Setup, running: &Running, scenario: &Scenario, extra: &[Stri
     }
 }
 
-fn load_command(setup: &Setup, running: &Running, scenario: &Scenario, extra: &[String]) -> Command {
+fn load_command(
+    setup: &Setup,
+    running: &Running,
+    scenario: &Scenario,
+    extra: &[String],
+) -> Command {
     let mut cmd = pinned(LOAD_CORE, setup.bin_dir.join("bench-load"));
     cmd.arg("--url").arg(&running.url);
     if running.tls {
@@ -237,7 +294,9 @@ fn load_command(setup: &Setup, running: &Running, scenario: &Scenario, extra: &[
     if let Some(pid) = running.pid() {
         cmd.arg("--proxy-pid").arg(pid.to_string());
     }
-    cmd.arg(scenario.load_command).args(&scenario.load_args).args(extra);
+    cmd.arg(scenario.load_command)
+        .args(&scenario.load_args)
+        .args(extra);
     cmd
 }
 
@@ -258,7 +317,10 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
         .status()
         .is_ok_and(|s| s.success());
     anyhow::ensure!(perf_ok, "perf is not usable here");
-    let c = roster().into_iter().find(|c| c.name == "labgate").context("no labgate contender")?;
+    let c = roster()
+        .into_iter()
+        .find(|c| c.name == "labgate")
+        .context("no labgate contender")?;
     if let Some(why) = c.unavailable(setup) {
         anyhow::bail!("labgate unavailable: {why}");
     }
@@ -270,16 +332,35 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
         id: "profile",
         title: "profile".into(),
         load_command: "throughput",
-        load_args: ["--sessions", &plan.many_sessions.to_string(), "--seconds", &(record_secs + 1).to_string(), "--warmup", "1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        load_args: [
+            "--sessions",
+            &plan.many_sessions.to_string(),
+            "--seconds",
+            &(record_secs + 1).to_string(),
+            "--warmup",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
     };
-    let load = load_command(setup, &running, &scenario, &[]).stdout(Stdio::piped()).spawn()?;
+    let load = load_command(setup, &running, &scenario, &[])
+        .stdout(Stdio::piped())
+        .spawn()?;
     std::thread::sleep(Duration::from_millis(1200));
     let data = setup.work.join("perf.data");
     let status = Command::new("perf")
-        .args(["record", "-q", "-F", "499", "--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
         .arg(&data)
         .args(["--", "sleep", &record_secs.to_string()])
         .stdout(Stdio::null())
@@ -291,7 +372,16 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
     anyhow::ensure!(status.success(), "perf record failed");
     let report = |extra: &[&str]| -> anyhow::Result<String> {
         let out = Command::new("perf")
-            .args(["report", "--stdio", "--no-header", "-g", "none", "--percent-limit", "1", "-i"])
+            .args([
+                "report",
+                "--stdio",
+                "--no-header",
+                "-g",
+                "none",
+                "--percent-limit",
+                "1",
+                "-i",
+            ])
             .arg(&data)
             .args(extra)
             .stderr(Stdio::null())
@@ -300,11 +390,17 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
     };
     let self_time = report(&["--no-children", "--sort", "dso,symbol"])?;
     let inclusive = report(&["--children", "--sort", "symbol"])?;
-    let full = format!("# perf report: self time\n{self_time}\n# perf report: including callees\n{inclusive}");
+    let full = format!(
+        "# perf report: self time\n{self_time}\n# perf report: including callees\n{inclusive}"
+    );
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("profile-labgate.txt"), &full)?;
     let top = |text: &str, n: usize| -> String {
-        text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).take(n).collect::<Vec<_>>().join("\n")
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .take(n)
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let load_json = String::from_utf8_lossy(&load_out.stdout).trim().to_owned();
     Ok(format!(
@@ -325,7 +421,10 @@ fn draw_chart(args: &Args, json: &Path) {
         .arg(args.out.join("chart.png"))
         .status();
     if !status.is_ok_and(|s| s.success()) {
-        eprintln!("warning: chart.png was not drawn ({} bench/chart.py failed)", python.display());
+        eprintln!(
+            "warning: chart.png was not drawn ({} bench/chart.py failed)",
+            python.display()
+        );
     }
 }
 
@@ -334,14 +433,20 @@ fn utc_now() -> String {
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// stdout (or stderr, for tools that print versions there) of a command, trimmed.
 fn run_text(program: &str, args: &[&str]) -> String {
     match Command::new(program).args(args).output() {
         Ok(o) => {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             String::from_utf8_lossy(&text).trim().to_owned()
         }
         Err(_) => "unavailable".into(),
@@ -357,25 +462,50 @@ fn describe_machine(args: &Args) -> BTreeMap<String, String> {
         .unwrap_or("unknown")
         .trim()
         .to_owned();
-    let mem = read_trimmed("/proc/meminfo").lines().next().unwrap_or_default().to_owned();
+    let mem = read_trimmed("/proc/meminfo")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let pip = args.venv.join("bin/pip");
     let py_versions = run_text(pip.to_str().unwrap_or("pip"), &["freeze"])
         .lines()
-        .filter(|l| ["websockify", "websockets", "PyJWT", "matplotlib"].iter().any(|p| l.starts_with(p)))
+        .filter(|l| {
+            ["websockify", "websockets", "PyJWT", "matplotlib"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let mut m = BTreeMap::new();
     m.insert("cpus (nproc)".into(), run_text("nproc", &[]));
     m.insert("cpu model".into(), model);
-    m.insert("memory".into(), mem.replace("MemTotal:", "").trim().to_owned());
+    m.insert(
+        "memory".into(),
+        mem.replace("MemTotal:", "").trim().to_owned(),
+    );
     m.insert("kernel".into(), run_text("uname", &["-sr"]));
-    m.insert("open files (hard limit)".into(), open_files_hard_limit().map(|v| v.to_string()).unwrap_or_default());
+    m.insert(
+        "open files (hard limit)".into(),
+        open_files_hard_limit()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+    );
     m.insert("load average (start)".into(), read_trimmed("/proc/loadavg"));
     m.insert("rustc".into(), run_text("rustc", &["-V"]));
     m.insert("nginx".into(), run_text("nginx", &["-v"]));
-    m.insert("python".into(), run_text(args.venv.join("bin/python").to_str().unwrap_or("python3"), &["--version"]));
+    m.insert(
+        "python".into(),
+        run_text(
+            args.venv.join("bin/python").to_str().unwrap_or("python3"),
+            &["--version"],
+        ),
+    );
     m.insert("python packages".into(), py_versions);
     m.insert("perf".into(), run_text("perf", &["--version"]));
-    m.insert("labgate commit".into(), run_text("git", &["rev-parse", "--short", "HEAD"]));
+    m.insert(
+        "labgate commit".into(),
+        run_text("git", &["rev-parse", "--short", "HEAD"]),
+    );
     m
 }

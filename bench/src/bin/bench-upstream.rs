@@ -35,8 +35,12 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let ws_listener = TcpListener::bind(args.ws_listen).await.context("bind websocket listener")?;
-    let tcp_listener = TcpListener::bind(args.tcp_listen).await.context("bind TCP listener")?;
+    let ws_listener = TcpListener::bind(args.ws_listen)
+        .await
+        .context("bind websocket listener")?;
+    let tcp_listener = TcpListener::bind(args.tcp_listen)
+        .await
+        .context("bind TCP listener")?;
     println!(
         "{}",
         serde_json::json!({
@@ -76,6 +80,8 @@ async fn accept_error(e: std::io::Error) {
 async fn serve_websocket(sock: TcpStream, pattern: Pattern, size: usize) {
     let _ = sock.set_nodelay(true);
     let mut mode = None;
+    // The callback's signature is tungstenite's; its large error type is not ours to box.
+    #[allow(clippy::result_large_err)]
     let answer = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         mode = mode_for_path(&req.uri().to_string());
         if mode.is_none() {
@@ -92,14 +98,17 @@ async fn serve_websocket(sock: TcpStream, pattern: Pattern, size: usize) {
             .flat_map(|v| v.split(','))
             .any(|p| p.trim() == KUBEVIRT_PROTOCOL);
         if offered {
-            resp.headers_mut()
-                .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(KUBEVIRT_PROTOCOL));
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(KUBEVIRT_PROTOCOL),
+            );
         }
         Ok(resp)
     };
     // Small read buffers keep 10,000 idle echo sessions cheap on the load side of the bench.
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(sock, answer, Some(config)).await else {
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(sock, answer, Some(config)).await
+    else {
         return;
     };
     match mode {
@@ -108,7 +117,8 @@ async fn serve_websocket(sock: TcpStream, pattern: Pattern, size: usize) {
             let send_forever = async {
                 let mut offset = 0u64;
                 loop {
-                    sink.send(Message::Binary(pattern.chunk(offset, size))).await?;
+                    sink.send(Message::Binary(pattern.chunk(offset, size)))
+                        .await?;
                     offset += size as u64;
                 }
                 #[allow(unreachable_code)]
@@ -133,7 +143,8 @@ async fn serve_websocket(sock: TcpStream, pattern: Pattern, size: usize) {
                 match msg {
                     // KubeVirt's binaryReader ignores text messages; so does this upstream.
                     Message::Binary(data) => {
-                        if ws.send(Message::Binary(data)).await.is_err() {
+                        let sent = ws.send(Message::Binary(data)).await;
+                        if sent.is_err() {
                             break;
                         }
                     }
