@@ -601,3 +601,87 @@ async fn strict_egress_is_applied_when_configured() {
             .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_keeps_going_through_api_errors_and_watch_loss() {
+    use futures::FutureExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let h = Harness::start(&[]).await;
+    let (status, _) = https_request(
+        h.running.addr,
+        "localhost",
+        std::sync::Arc::new(h.ca.client_config()),
+        "GET",
+        "/readyz",
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "ready once the caches synced");
+
+    // The API server fails every NetworkPolicy write for a while (500).
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    h.standin
+        .set_admission_hook(Some(Arc::new(move |review: serde_json::Value| {
+            let fail = flag.load(Ordering::SeqCst)
+                && review["request"]["resource"]["resource"] == "networkpolicies";
+            async move {
+            if fail {
+                Err(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500,
+                           "reason": "InternalError", "message": "etcdserver: request timed out"}))
+            } else {
+                Ok(())
+            }
+        }
+        .boxed()
+        })));
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-x", STUDENT))
+        .await
+        .unwrap();
+    let errors = eventually(Duration::from_secs(5), || {
+        let m = h.running.metrics.render();
+        m.lines()
+            .find(|l| l.starts_with("labgate_admission_reconcile_errors_total{error=\"server\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .filter(|n| *n >= 2)
+    })
+    .await;
+    assert!(
+        errors.is_some(),
+        "retried after errors: {}",
+        h.running.metrics.render()
+    );
+    assert!(h.standin.get_json(&policy_path("lab-x")).is_none());
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(h.portal(), "lab-x")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        events.items.iter().any(
+            |e| e.reason.as_deref() == Some("IsolationPolicyApplyFailed")
+                && e.type_.as_deref() == Some("Warning")
+        ),
+        "a Warning event reports the failure"
+    );
+    // The API recovers: the backoff (at most a few seconds here) brings the policy.
+    failing.store(false, Ordering::SeqCst);
+    assert!(
+        h.wait_policy("lab-x", Duration::from_secs(10), EgressMode::Standard)
+            .await
+    );
+
+    // Watches cut mid-stream and history compacted (410 on resume): still repaired.
+    h.standin.drop_watches();
+    h.standin.compact_history();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.standin.delete_json(&policy_path("lab-x"));
+    assert!(
+        h.wait_policy("lab-x", Duration::from_secs(5), EgressMode::Standard)
+            .await,
+        "repaired after the watches recovered"
+    );
+}
