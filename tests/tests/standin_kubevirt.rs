@@ -480,3 +480,65 @@ async fn refusals_come_before_the_upgrade_as_status() {
         .count();
     assert_eq!(unauthenticated, 2);
 }
+
+#[tokio::test]
+async fn sessions_end_when_the_vmi_stops_or_goes_away() {
+    let console = SerialConsole::start().unwrap();
+    let standin = StandIn::start().await.unwrap();
+    standin.lab_namespace("lab-a", "alice@example.com", &[]);
+    let upstream = Some(UpstreamAddr::Unix(console.socket()));
+    standin.add_vmi("lab-a", "vm1", Vmi::running(None, upstream.clone()));
+    standin.add_vmi("lab-a", "vm2", Vmi::running(None, upstream));
+    let token = standin.gateway_token();
+    let (mut vm1, _) = open(
+        &standin,
+        &subresource("lab-a", "vm1", "console"),
+        Some(&token),
+        None,
+    )
+    .await
+    .unwrap();
+    let (mut vm2, _) = open(
+        &standin,
+        &subresource("lab-a", "vm2", "console"),
+        Some(&token),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Stopping vm1 drops its connection (no close frame); vm2 is untouched.
+    standin.set_vmi_phase("lab-a", "vm1", "Succeeded");
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match vm1.next().await {
+                Some(Ok(Message::Binary(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the session ends");
+    assert!(
+        !matches!(end, Some(Ok(Message::Close(_)))),
+        "no close frame: {end:?}"
+    );
+    vm2.send(Message::Binary(b"echo still-$((1+1))\n".to_vec().into()))
+        .await
+        .unwrap();
+    read_until(&mut vm2, "still-2").await;
+
+    // Deleting the namespace deletes the VMI, which ends the session.
+    standin.delete_namespace("lab-a");
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match vm2.next().await {
+                Some(Ok(Message::Binary(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the session ends with the namespace");
+    assert!(!matches!(end, Some(Ok(Message::Close(_)))));
+}

@@ -124,6 +124,49 @@ impl KubeVirt {
             sessions.remove(key);
         }
     }
+
+    /// Ends every session of a VMI the way a dying VM does: the connection just drops.
+    fn kick_vmi(&self, ns: &str, name: &str) {
+        let mut sessions = self.sessions.lock().expect("session lock");
+        sessions.retain(|(s_ns, s_name, _), session| {
+            let hit = s_ns == ns && s_name == name;
+            if hit {
+                session.kick.cancel();
+            }
+            !hit
+        });
+    }
+}
+
+/// Follows VMI changes: when a VMI is deleted or stops running (by any path: API, namespace
+/// deletion, [`super::StandIn::set_vmi_phase`]), its vnc/console sessions end, as they do when the
+/// VM's sockets go away on a real node.
+pub async fn end_sessions_of_stopped_vmis(shared: std::sync::Arc<Shared>) {
+    let mut changes = shared.store.lock().expect("store lock").subscribe_now();
+    loop {
+        let change = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            received = changes.recv() => match received {
+                Ok(change) => change,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if change.key.group != "kubevirt.io" || change.key.resource != "virtualmachineinstances" {
+            continue;
+        }
+        let running = change
+            .new
+            .as_ref()
+            .and_then(|vmi| vmi.pointer("/status/phase"))
+            .and_then(Value::as_str)
+            == Some("Running");
+        if !running {
+            shared
+                .kubevirt
+                .kick_vmi(&change.key.namespace, &change.key.name);
+        }
+    }
 }
 
 /// One subresource request, already authenticated.

@@ -189,6 +189,7 @@ impl StandIn {
             runtime: tokio::runtime::Handle::current(),
         });
         let server = tokio::spawn(accept_loop(shared.clone(), listener, tls));
+        tokio::spawn(kubevirt::end_sessions_of_stopped_vmis(shared.clone()));
         Ok(StandIn {
             inner: Arc::new(Handle {
                 shared,

@@ -611,8 +611,6 @@ async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         call.shared,
         call.user,
         call.rt(),
-        call.path.namespace.as_deref(),
-        &name,
         &old,
         delete_options,
         call.dry_run(),
@@ -621,18 +619,20 @@ async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     Ok(json_response(200, &result))
 }
 
-/// Deletes one object (admission included). Namespaces only start terminating.
-#[allow(clippy::too_many_arguments)]
+/// Deletes the stored object `old` (admission included). Namespaces only start terminating.
 pub async fn delete_object(
     shared: &Arc<Shared>,
     user: &UserInfo,
     rt: &ResourceType,
-    namespace: Option<&str>,
-    name: &str,
     old: &Value,
     options: Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let name = old
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let namespace = old.pointer("/metadata/namespace").and_then(Value::as_str);
     let is_namespace = rt.resource == "namespaces";
     admission::admit(
         shared,
@@ -717,18 +717,9 @@ async fn finalize_namespace(shared: Arc<Shared>, name: String) {
                 continue;
             };
             let options = json!({ "kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1", "propagationPolicy": "Background" });
-            if delete_object(
-                &shared,
-                &controller,
-                &rt,
-                Some(&name),
-                &key.name,
-                &obj,
-                options,
-                false,
-            )
-            .await
-            .is_err()
+            if delete_object(&shared, &controller, &rt, &obj, options, false)
+                .await
+                .is_err()
             {
                 remaining += 1;
             }
@@ -755,21 +746,10 @@ async fn delete_collection(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
     let mut deleted = Vec::new();
     let options = json!({ "kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1" });
     for obj in listed["items"].as_array().cloned().unwrap_or_default() {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let ns = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .map(str::to_string);
         delete_object(
             call.shared,
             call.user,
             call.rt(),
-            ns.as_deref(),
-            &name,
             &obj,
             options.clone(),
             call.dry_run(),

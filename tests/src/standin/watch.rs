@@ -14,8 +14,9 @@ use http_body_util::{BodyExt as _, StreamBody};
 use hyper::Response;
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::path::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
@@ -222,11 +223,17 @@ pub fn watch(
     };
     drop(store);
 
-    let stream = WatchStream { scope, tx, seen };
-    let cancel = shared.cancel.clone();
-    shared
-        .runtime
-        .spawn(stream.run(initial, replay, live, cut, cancel, opts, interval));
+    let stream = WatchStream {
+        scope,
+        opts,
+        tx,
+        seen,
+        live,
+        cut_signal: cut,
+        cancel: shared.cancel.clone(),
+        interval,
+    };
+    shared.runtime.spawn(stream.run(initial, replay));
     Ok(stream_response(rx))
 }
 
@@ -250,9 +257,15 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 /// The task behind one watch response.
 struct WatchStream {
     scope: Scope,
+    opts: WatchOptions,
     tx: mpsc::Sender<Chunk>,
     /// The RV of the last change this watch has processed (matching or not): what bookmarks report.
     seen: u64,
+    live: broadcast::Receiver<Arc<Change>>,
+    /// Fires when the test calls `drop_watches`.
+    cut_signal: tokio::sync::watch::Receiver<u64>,
+    cancel: CancellationToken,
+    interval: Duration,
 }
 
 /// Why a watch stream stopped early.
@@ -301,35 +314,13 @@ impl WatchStream {
             .await;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run(
-        mut self,
-        initial: Vec<Value>,
-        replay: Vec<Arc<Change>>,
-        mut live: tokio::sync::broadcast::Receiver<Arc<Change>>,
-        mut cut: tokio::sync::watch::Receiver<u64>,
-        cancel: tokio_util::sync::CancellationToken,
-        opts: WatchOptions,
-        interval: Duration,
-    ) {
-        let _ = self
-            .stream(
-                initial, replay, &mut live, &mut cut, &cancel, &opts, interval,
-            )
-            .await;
+    async fn run(mut self, initial: Vec<Value>, replay: Vec<Arc<Change>>) {
+        let _ = self.stream(initial, replay).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn stream(
-        &mut self,
-        initial: Vec<Value>,
-        replay: Vec<Arc<Change>>,
-        live: &mut tokio::sync::broadcast::Receiver<Arc<Change>>,
-        cut: &mut tokio::sync::watch::Receiver<u64>,
-        cancel: &tokio_util::sync::CancellationToken,
-        opts: &WatchOptions,
-        interval: Duration,
-    ) -> Result<(), Gone> {
+    async fn stream(&mut self, initial: Vec<Value>, replay: Vec<Arc<Change>>) -> Result<(), Gone> {
+        let opts = self.opts.clone();
+        let interval = self.interval;
         for object in &initial {
             self.send("ADDED", object).await?;
         }
@@ -344,8 +335,8 @@ impl WatchStream {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = cut.changed() => {
+                _ = self.cancel.cancelled() => return Ok(()),
+                _ = self.cut_signal.changed() => {
                     self.cut().await;
                     return Ok(());
                 }
@@ -356,7 +347,7 @@ impl WatchStream {
                     return Ok(());
                 }
                 _ = ticker.tick(), if opts.bookmarks => self.bookmark(false).await?,
-                received = live.recv() => match received {
+                received = self.live.recv() => match received {
                     Ok(change) => self.change(&change).await?,
                     Err(RecvError::Lagged(_)) => {
                         // This watch missed changes; a real server would drop it too.
