@@ -10,7 +10,9 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment variables; [`run`] turns them into a running gateway.
-//! - [`server`]: [`Gateway`], the hyper service and accept loop; the request pipeline.
+//! - [`server`]: [`Gateway`], the hyper service: the request pipeline of a session.
+//! - [`listener`]: serving a gateway: accept loop, admin listener, drain on shutdown.
+//! - [`respond`]: the websocket handshake answer and small response bodies.
 //! - [`route`]: `/labs/{namespace}/{vmi}/{kind}` parsing and name validation.
 //! - [`credentials`]: where the token comes from; subprotocol negotiation.
 //! - [`token`]: JWT verification with pinned algorithms, key files and a cache.
@@ -32,9 +34,11 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod index;
+pub mod listener;
 pub mod metrics;
 pub mod refusal;
 pub mod reload;
+pub mod respond;
 pub mod route;
 pub mod server;
 pub mod sessions;

@@ -1,4 +1,4 @@
-//! The gateway as a hyper service, and the accept loop that serves it.
+//! The gateway as a hyper service: the request pipeline of a session.
 //!
 //! A session request flows through small steps, each in its own module:
 //! [`route`](crate::route) → [`credentials`](crate::credentials) →
@@ -7,27 +7,20 @@
 //! [`upstream`](crate::upstream) → [`splice`](crate::splice).
 //! Every refusal is decided before any upstream connection is made.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http::header::{
-    CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
-};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,6 +30,7 @@ use crate::credentials;
 use crate::index::LabIndex;
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
+use crate::respond::{json, switching_protocols, text, unix_now, websocket_key};
 use crate::route::{self, Route, Target};
 use crate::sessions::{ConsoleClaim, ConsoleHold, ConsoleKey, Limits, SessionPermit, Sessions};
 use crate::splice::{self, ByteCounts, ByteMetrics, SpliceSettings};
@@ -80,26 +74,26 @@ impl Settings {
     }
 }
 
-struct Shared {
-    settings: Settings,
-    verifier: Arc<TokenVerifier>,
-    index: Arc<LabIndex>,
-    backend: Arc<dyn Backend>,
-    metrics: Arc<Metrics>,
-    sessions: Arc<Sessions>,
-    draining: AtomicBool,
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) index: Arc<LabIndex>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) draining: AtomicBool,
     /// Cancelled when the listener stops: idle HTTP connections close.
-    stop_accepting: CancellationToken,
+    pub(crate) stop_accepting: CancellationToken,
     /// Cancelled when the grace period is over: sessions close with 1001.
-    force_close: CancellationToken,
-    tracker: TaskTracker,
+    pub(crate) force_close: CancellationToken,
+    pub(crate) tracker: TaskTracker,
 }
 
 /// The gateway: a cheap-to-clone handle usable as a hyper service
 /// ([`Gateway::handle`]) or served on its own listener ([`Gateway::serve`]).
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Gateway {
@@ -449,198 +443,4 @@ impl Gateway {
         });
         response
     }
-
-    /// Serves the gateway on `listener` (TLS when `tls` is given) until
-    /// `shutdown` resolves, then drains: stops accepting, turns unready, lets
-    /// sessions run for the grace period, and closes the rest with 1001.
-    pub async fn serve(
-        &self,
-        listener: TcpListener,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-        shutdown: impl Future<Output = ()>,
-    ) {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _peer) = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let gateway = self.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let handshake = gateway.shared.settings.handshake_timeout;
-                match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => {
-                                gateway.serve_connection(TokioIo::new(tls_stream)).await
-                            }
-                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
-                        }
-                    }
-                    None => gateway.serve_connection(TokioIo::new(stream)).await,
-                }
-            });
-        }
-        drop(listener);
-        tracing::info!(
-            sessions = self.open_sessions(),
-            grace = ?self.shared.settings.shutdown_grace,
-            "shutting down: no longer accepting, draining sessions"
-        );
-        self.shared.draining.store(true, Ordering::Release);
-        self.shared.stop_accepting.cancel();
-        self.drain().await;
-    }
-
-    /// Lets sessions run for the grace period, then closes them ("going away").
-    pub async fn drain(&self) {
-        let shared = &self.shared;
-        shared.draining.store(true, Ordering::Release);
-        shared.tracker.close();
-        if tokio::time::timeout(shared.settings.shutdown_grace, shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            shared.force_close.cancel();
-            let _ = tokio::time::timeout(
-                shared.settings.splice.close_timeout * 2,
-                shared.tracker.wait(),
-            )
-            .await;
-        }
-        tracing::info!("drained");
-    }
-
-    /// Serves HTTP/1.1 (with upgrades) on one connection; on shutdown,
-    /// finishes the request in flight and closes idle keep-alive connections.
-    async fn serve_connection<I>(&self, io: TokioIo<I>)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let gateway = self.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req).await) }
-        });
-        let settings = &self.shared.settings;
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.handshake_timeout)
-            .max_buf_size(settings.max_header_bytes.max(8192))
-            .serve_connection(io, service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = &mut conn => {}
-            _ = self.shared.stop_accepting.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(settings.handshake_timeout, conn).await;
-            }
-        }
-    }
-
-    /// Serves only `/healthz`, `/readyz` and `/metrics` on a plain-HTTP
-    /// listener until the task is dropped (kept up while draining, so probes
-    /// see the gateway turn unready).
-    pub async fn serve_admin(&self, listener: TcpListener) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let gateway = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle_admin(req).await) }
-                });
-                let _ = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    }
-}
-
-/// `Ok(Some(key))` for a well-formed websocket upgrade, `Ok(None)` for a
-/// plain request, `Err(())` for a broken upgrade attempt.
-fn websocket_key<B>(req: &Request<B>) -> Result<Option<String>, ()> {
-    let headers = req.headers();
-    let wants_upgrade = headers
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !wants_upgrade {
-        return Ok(None);
-    }
-    let connection_upgrade = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let version_ok = headers
-        .get(SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v.as_bytes() == b"13");
-    let key = headers
-        .get(SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty());
-    match (
-        req.method() == Method::GET,
-        connection_upgrade,
-        version_ok,
-        key,
-    ) {
-        (true, true, true, Some(key)) => Ok(Some(key.to_string())),
-        _ => Err(()),
-    }
-}
-
-fn switching_protocols(ws_key: &str, headers: &HeaderMap) -> GatewayResponse {
-    let mut response = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(UPGRADE, "websocket")
-        .header(CONNECTION, "Upgrade")
-        .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(ws_key.as_bytes()));
-    if let Some(protocol) = credentials::negotiate_protocol(headers) {
-        response = response.header(SEC_WEBSOCKET_PROTOCOL, protocol);
-    }
-    response.body(Full::default()).unwrap_or_default()
-}
-
-fn text(status: StatusCode, body: &'static str) -> GatewayResponse {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap_or_default()
-}
-
-fn json(status: StatusCode, body: String) -> GatewayResponse {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -1,0 +1,140 @@
+//! Serving a [`Gateway`] on its own listeners: the accept loop with TLS and
+//! handshake timeouts, the admin listener, and the drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+
+use crate::server::Gateway;
+
+impl Gateway {
+    /// Serves the gateway on `listener` (TLS when `tls` is given) until
+    /// `shutdown` resolves, then drains: stops accepting, turns unready, lets
+    /// sessions run for the grace period, and closes the rest with 1001.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let handshake = gateway.shared.settings.handshake_timeout;
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => {
+                                gateway.serve_connection(TokioIo::new(tls_stream)).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }
+                    None => gateway.serve_connection(TokioIo::new(stream)).await,
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!(
+            sessions = self.open_sessions(),
+            grace = ?self.shared.settings.shutdown_grace,
+            "shutting down: no longer accepting, draining sessions"
+        );
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.stop_accepting.cancel();
+        self.drain().await;
+    }
+
+    /// Lets sessions run for the grace period, then closes them ("going away").
+    pub async fn drain(&self) {
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::Release);
+        shared.tracker.close();
+        if tokio::time::timeout(shared.settings.shutdown_grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            shared.force_close.cancel();
+            let _ = tokio::time::timeout(
+                shared.settings.splice.close_timeout * 2,
+                shared.tracker.wait(),
+            )
+            .await;
+        }
+        tracing::info!("drained");
+    }
+
+    /// Serves HTTP/1.1 (with upgrades) on one connection; on shutdown,
+    /// finishes the request in flight and closes idle keep-alive connections.
+    async fn serve_connection<I>(&self, io: TokioIo<I>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let gateway = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req).await) }
+        });
+        let settings = &self.shared.settings;
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.handshake_timeout)
+            .max_buf_size(settings.max_header_bytes.max(8192))
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = &mut conn => {}
+            _ = self.shared.stop_accepting.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(settings.handshake_timeout, conn).await;
+            }
+        }
+    }
+
+    /// Serves only `/healthz`, `/readyz` and `/metrics` on a plain-HTTP
+    /// listener until the task is dropped (kept up while draining, so probes
+    /// see the gateway turn unready).
+    pub async fn serve_admin(&self, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle_admin(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}
