@@ -45,7 +45,11 @@ pub fn output_dir() -> PathBuf {
 /// The Chromium binary: `$LABGATE_CHROMIUM`, else Debian's.
 fn chromium() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("LABGATE_CHROMIUM") {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            bail!("LABGATE_CHROMIUM={} does not exist", path.display());
+        }
+        return Ok(path);
     }
     // The real binary; /usr/bin/chromium is Debian's wrapper script around it.
     ["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
