@@ -299,7 +299,11 @@ async fn readyz_waits_for_the_index_and_watch_recovers_from_410() {
     );
     env.wait_ready(Duration::from_secs(15)).await.unwrap();
 
-    // Cut the watch and forget history: the gateway must relist after 410.
+    let restarts_before = watch_restarts(&env).await;
+    let lists_before = namespace_lists(&env);
+
+    // Cut the watch and forget history: the re-watch from the last
+    // resourceVersion gets 200 + ERROR 410, and the gateway must relist.
     env.standin.compact_history();
     env.standin.drop_watches();
     env.standin.lab_namespace("lab-new", ALICE, &[]);
@@ -319,15 +323,45 @@ async fn readyz_waits_for_the_index_and_watch_recovers_from_410() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        namespace_lists(&env) > lists_before,
+        "the gateway did not relist after 410"
+    );
+    assert!(
+        watch_restarts(&env).await > restarts_before,
+        "the 410 was not counted as a watch restart"
+    );
+    // Labs indexed before the cut are still there.
+    let (status, _) = env
+        .http(
+            &format!("/labs/lab-alice/vm1/vnc/{}", env.token(ALICE)),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 426);
+}
+
+/// Namespace list (not watch) requests the stand-in has served.
+fn namespace_lists(env: &Env) -> usize {
+    env.standin
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path == "/api/v1/namespaces" && !r.query.contains("watch=") && r.user.is_some()
+        })
+        .count()
+}
+
+async fn watch_restarts(env: &Env) -> f64 {
     let (_, metrics) = env.http("/metrics", &[]).await.unwrap();
-    let restarts: f64 = metrics
+    metrics
         .lines()
         .find(|l| l.starts_with("labgate_gateway_index_watch_restarts_total "))
         .and_then(|l| l.rsplit(' ').next())
         .unwrap()
         .parse()
-        .unwrap();
-    assert!(restarts >= 1.0, "watch errors were counted");
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
