@@ -186,8 +186,13 @@ const ops = {
     // Waits until some terminal line, trimmed, equals `line`; returns the lines.
     async waitLine({ name, line, timeoutMs = 10000 }) {
         const p = page(name);
-        await until(`a terminal line "${line}"`, timeoutMs, () =>
-            p.evaluate((l) => window.labgate.lines().some((x) => x.trim() === l), line));
+        try {
+            await until(`a terminal line "${line}"`, timeoutMs, () =>
+                p.evaluate((l) => window.labgate.lines().some((x) => x.trim() === l), line));
+        } catch (e) {
+            const shown = await p.evaluate(() => window.labgate.lines().filter((x) => x.trim()));
+            throw new Error(`${e.message}; the terminal shows ${JSON.stringify(shown.slice(-10))}`);
+        }
         return p.evaluate(() => window.labgate.lines());
     },
 

@@ -270,6 +270,16 @@ async fn novnc_1_1_asks_for_binary_and_works() {
     stage.browser.finish(scenario, result).await;
 }
 
+/// Waits for the shell's first prompt (`PS1="$ "` in the fixture), as a student would before
+/// typing: keys sent while socat is still setting up the PTY may be flushed with its settings.
+async fn wait_for_prompt(browser: &mut Browser, page: &str) -> anyhow::Result<()> {
+    browser
+        .call("waitReceived", json!({"name": page, "needle": "$ "}))
+        .await
+        .map(drop)
+        .context("no shell prompt on the console")
+}
+
 /// xterm.js types a command into the PTY shell and sees its output; a large output arrives whole.
 async fn console_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()> {
     let Stage { env, browser, .. } = stage;
@@ -285,6 +295,7 @@ async fn console_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<(
         "xterm.js did not connect: {state}"
     );
 
+    wait_for_prompt(browser, "console").await?;
     let marker = format!("labgate-{}", random_word());
     browser
         .call(
@@ -522,6 +533,7 @@ async fn takeover_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<
         if kind == "vnc" {
             wait_for_picture(browser, &second).await?;
         } else {
+            wait_for_prompt(browser, &second).await?;
             let marker = format!("labgate-{}", random_word());
             browser
                 .call(
