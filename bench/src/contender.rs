@@ -114,6 +114,8 @@ pub fn roster() -> Vec<Contender> {
 /// Files and tools shared by all contenders in one run.
 pub struct Setup {
     pub bin_dir: PathBuf,
+    /// The labgate-gateway binary under test.
+    pub labgate_bin: PathBuf,
     pub venv: PathBuf,
     pub bench_dir: PathBuf,
     pub work: PathBuf,
@@ -302,7 +304,7 @@ impl Contender {
         let missing = |p: PathBuf| (!p.exists()).then(|| format!("{} not found", p.display()));
         match self.kind {
             Kind::Direct => None,
-            Kind::Labgate => missing(setup.bin_dir.join("labgate-gateway")),
+            Kind::Labgate => missing(setup.labgate_bin.clone()),
             Kind::Nginx { .. } => match Command::new("nginx")
                 .arg("-v")
                 .stderr(Stdio::null())
@@ -337,7 +339,7 @@ impl Contender {
             }),
             Kind::Labgate => {
                 let port = free_port()?;
-                let mut cmd = pinned(PROXY_CORE, setup.bin_dir.join("labgate-gateway"));
+                let mut cmd = pinned(PROXY_CORE, &setup.labgate_bin);
                 cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
                 if self.tls {
                     cmd.arg("--tls-cert-file").arg(&setup.cert_file);

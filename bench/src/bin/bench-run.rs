@@ -31,6 +31,9 @@ struct Args {
     /// Directory with bench-upstream, bench-load and labgate-gateway (release builds).
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// The labgate-gateway binary to benchmark (default: BIN_DIR/labgate-gateway).
+    #[arg(long)]
+    labgate_bin: Option<PathBuf>,
     /// Python virtualenv with websockify, websockets, PyJWT and matplotlib.
     #[arg(long, default_value = "target/labgate-bench/venv")]
     venv: PathBuf,
@@ -175,6 +178,10 @@ fn prepare(args: &Args, plan: &Plan) -> anyhow::Result<Setup> {
     let abs = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     Ok(Setup {
         bin_dir: abs(&args.bin_dir),
+        labgate_bin: abs(&args
+            .labgate_bin
+            .clone()
+            .unwrap_or_else(|| args.bin_dir.join("labgate-gateway"))),
         venv: abs(&args.venv),
         bench_dir: abs(&args.bench_dir),
         secret_file: file("jwt-secret", secret.as_bytes())?,
@@ -507,5 +514,10 @@ fn describe_machine(args: &Args) -> BTreeMap<String, String> {
         "labgate commit".into(),
         run_text("git", &["rev-parse", "--short", "HEAD"]),
     );
+    let labgate_bin = args
+        .labgate_bin
+        .clone()
+        .unwrap_or_else(|| args.bin_dir.join("labgate-gateway"));
+    m.insert("labgate binary".into(), labgate_bin.display().to_string());
     m
 }
