@@ -596,6 +596,7 @@ async fn revocation_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Resul
         // Both clocks are this machine's wall clock.
         let closed_at = last_socket(&state)?["close"]["at"].as_u64().unwrap_or(0);
         let after = closed_at.saturating_sub(deleted_at);
+        eprintln!("{page} closed {after} ms after the lab was deleted");
         ensure!(
             after < 1000,
             "{page} closed {after} ms after the namespace was deleted (want < 1000)"
