@@ -13,6 +13,7 @@ packages=(
   socat                      # a real PTY shell as the serial console
   prometheus                 # promtool, to check the /metrics exposition
   chromium                   # headless browser for noVNC and xterm.js
+  libnss3-tools              # certutil: Chromium trusts the test CA through an NSS db
   fonts-dejavu-core          # fonts for xterm and chromium
   ca-certificates
 )
@@ -35,7 +36,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   ${sudo_cmd:-} apt-get install -y -qq --no-install-recommends nodejs npm
 fi
 
-for tool in Xvnc xsetroot socat promtool chromium node npm; do
+for tool in Xvnc xsetroot xterm socat promtool chromium certutil node npm; do
   command -v "$tool" >/dev/null || { echo "error: $tool is still missing" >&2; exit 1; }
 done
 
