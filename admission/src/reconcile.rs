@@ -266,6 +266,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn terminating_namespace_errors_are_terminal_others_retried() {
+        let status = |code, reason: &str, message: &str| {
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure(message, reason).with_code(code),
+            ))
+        };
+        let terminating = status(
+            403,
+            "Forbidden",
+            "networkpolicies \"labgate-isolation\" is forbidden: unable to create new content in \
+             namespace lab-1 because it is being terminated",
+        );
+        assert!(is_terminating_error(&terminating));
+        assert!(!is_terminating_error(&status(
+            403,
+            "Forbidden",
+            "RBAC: access denied"
+        )));
+        assert!(!is_terminating_error(&status(
+            500,
+            "InternalError",
+            "being terminated"
+        )));
+        let err = ReconcileError {
+            namespace: "lab-1".into(),
+            action: "apply",
+            source: status(500, "InternalError", "x"),
+        };
+        assert_eq!(err.kind(), "server");
+    }
+
+    #[test]
     fn up_to_date_needs_spec_and_labels() {
         let desired = desired_policy(EgressMode::Standard, "lab-1");
         assert!(up_to_date(&desired, &desired, EgressMode::Standard));
