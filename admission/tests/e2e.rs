@@ -102,11 +102,8 @@ async fn labelled_namespace_gets_the_policy_within_a_second() {
         event_seen.is_some(),
         "an IsolationPolicyCreated event is published in the lab namespace"
     );
-    let metrics = h.running.metrics.render();
-    assert!(
-        metrics.contains("labgate_admission_reconcile_actions_total{action=\"created\"} 1"),
-        "{metrics}"
-    );
+    h.wait_metric("labgate_admission_reconcile_actions_total{action=\"created\"} 1")
+        .await;
 
     // A namespace that is not a lab gets nothing.
     let mut plain = Namespace::default();
@@ -204,11 +201,8 @@ async fn policy_cannot_be_deleted_or_weakened_and_forced_changes_are_repaired() 
     );
     tracing::info!(elapsed = ?t.elapsed(), "deletion repaired");
 
-    let metrics = h.running.metrics.render();
-    assert!(
-        metrics.contains("labgate_admission_reconcile_actions_total{action=\"created\"} 2"),
-        "{metrics}"
-    );
+    h.wait_metric("labgate_admission_reconcile_actions_total{action=\"created\"} 2")
+        .await;
 
     // Forced weakening is repaired within a second.
     let mut forced = h.standin.get_json(&policy_path("lab-b")).unwrap();
@@ -233,11 +227,8 @@ async fn policy_cannot_be_deleted_or_weakened_and_forced_changes_are_repaired() 
             .await,
         "edit not repaired"
     );
-    let metrics = h.running.metrics.render();
-    assert!(
-        metrics.contains("labgate_admission_reconcile_actions_total{action=\"repaired\"} 1"),
-        "{metrics}"
-    );
+    h.wait_metric("labgate_admission_reconcile_actions_total{action=\"repaired\"} 1")
+        .await;
 
     // Denials carry the audit annotation naming the rule.
     let denials = h.denials();

@@ -393,6 +393,21 @@ impl Harness {
         .expect("the cache sees the policy");
     }
 
+    /// Waits (up to 2 s) until the metrics exposition contains `line`; the
+    /// counters move just after the API write they count.
+    pub async fn wait_metric(&self, line: &str) {
+        let metrics = self.running.metrics.clone();
+        let seen = eventually(Duration::from_secs(2), || {
+            metrics.render().contains(line).then_some(())
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "missing {line} in:\n{}",
+            self.running.metrics.render()
+        );
+    }
+
     pub fn denials(&self) -> Vec<Dispatched> {
         self.dispatched
             .lock()
