@@ -480,6 +480,7 @@ master_process on;
 worker_processes 1;
 worker_rlimit_nofile {connections};
 pid {d}/nginx.pid;
+error_log {d}/error.log warn;
 events {{
     worker_connections {connections};
 }}

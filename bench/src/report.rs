@@ -253,7 +253,8 @@ impl Results {
             p.idle_sessions,
             p.idle_sessions_forking,
             if p.idle_sessions < 10_000 && !p.smoke {
-                "10,000 sessions need 20,000+ descriptors in the proxy; this machine's hard open-files limit allows fewer, hence the count."
+                "10,000 sessions need 20,000+ descriptors in the proxy; this machine's hard open-files limit allows fewer, hence the count \
+                 (limit − 2,000 headroom, ÷ 2: nginx ran out of worker connections at 9,334 sessions with 19,900)."
             } else {
                 ""
             },
