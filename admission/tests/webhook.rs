@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -402,16 +402,6 @@ async fn certificate_rotation_on_disk_while_requests_flow() {
     );
 }
 
-/// `promtool` from PATH; the test fails (never skips) without it.
-fn promtool() -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("promtool"))
-        .find(|p| p.is_file())
-        .expect("promtool not found on PATH: install the Debian package `prometheus` (it ships /usr/bin/promtool)")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool() {
     let s = Server::start().await;
@@ -439,26 +429,6 @@ async fn metrics_pass_promtool() {
         ] {
             assert!(text.contains(series), "missing {series} in:\n{text}");
         }
-        let mut child = std::process::Command::new(promtool())
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics failed:\n{}{}\n{text}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        labgate_tests::promtool::assert_clean(&text);
     }
 }
