@@ -33,7 +33,7 @@ impl Plan {
         // per upgraded session ("worker_connections are not enough" at 9,334 of 19,900).
         let fd_cap = (open_files.saturating_sub(2_000) / 2) as usize;
         let (secs, warm, many, rtt_n, hs_c, idle, idle_fork) = if smoke {
-            ("0.5", "0.1", 2, 4, 4, 100, 10)
+            ("0.3", "0.1", 2, 4, 4, 100, 10)
         } else {
             ("3", "1", 50, 50, 32, 10_000, 200)
         };
@@ -89,7 +89,11 @@ impl Plan {
                 id: "idle",
                 title: format!("idle sessions ({idle}; websockify {idle_fork})"),
                 load_command: "idle",
-                load_args: s(&["--settle", if smoke { "0.2" } else { "2" }]),
+                load_args: if smoke {
+                    s(&["--settle", "0.1", "--after-close", "0.1"])
+                } else {
+                    s(&["--settle", "2"])
+                },
             },
         ];
         Self {

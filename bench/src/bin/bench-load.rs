@@ -89,6 +89,9 @@ enum Scenario {
         settle: f64,
         #[arg(long, default_value_t = 64)]
         connect_concurrency: usize,
+        /// Wait after closing before reading the proxy's memory again.
+        #[arg(long, default_value_t = 1.0)]
+        after_close: f64,
     },
 }
 
@@ -187,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
             sessions,
             settle,
             connect_concurrency,
+            after_close,
         } => {
             idle_sessions(
                 target,
@@ -194,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
                 sessions,
                 settle,
                 connect_concurrency,
+                after_close,
             )
             .await
         }
@@ -516,6 +521,7 @@ async fn idle_sessions(
     sessions: usize,
     settle: f64,
     connect_concurrency: usize,
+    after_close: f64,
 ) -> Value {
     let errors = Arc::new(Errors::default());
     let opened = Arc::new(AtomicU64::new(0));
@@ -573,7 +579,7 @@ async fn idle_sessions(
     for task in tasks {
         let _ = task.await;
     }
-    sleep(Duration::from_secs(1)).await;
+    sleep(Duration::from_secs_f64(after_close)).await;
     let after_close = sample_proxy(pid);
     let per_session = match (before, after) {
         (Some(b), Some(a)) if open > 0 => {

@@ -403,7 +403,16 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("profile-labgate.txt"), &full)?;
     // Runtime plumbing (task harness, catch_unwind, inlined wrappers) says nothing; leave it out.
-    let generic = ["(inlined)", "catch_unwind", "harness::", "Harness<", "Core<T,S>", "0xffffffff", "poll_fn::PollFn", "TrackedFuture"];
+    let generic = [
+        "(inlined)",
+        "catch_unwind",
+        "harness::",
+        "Harness<",
+        "Core<T,S>",
+        "0xffffffff",
+        "poll_fn::PollFn",
+        "TrackedFuture",
+    ];
     let top = |text: &str, n: usize| -> String {
         text.lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
