@@ -275,6 +275,7 @@ impl Config {
                 ping_interval: self.ping_interval,
                 idle_timeout: non_zero(self.idle_timeout),
                 close_timeout: Duration::from_secs(2),
+                max_message_bytes: self.max_message_bytes,
             },
             handshake_timeout: self.handshake_timeout,
             upstream_connect_timeout: self.upstream_connect_timeout,

@@ -13,7 +13,7 @@ use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::route::ConsoleKind;
 use crate::upstream::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
@@ -77,11 +77,7 @@ pub fn token(secret: &[u8], ttl: Duration) -> String {
 pub struct DemoBackend;
 
 impl Backend for DemoBackend {
-    fn connect<'a>(
-        &'a self,
-        target: UpstreamTarget<'a>,
-        config: WebSocketConfig,
-    ) -> ConnectFuture<'a> {
+    fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a> {
         Box::pin(async move {
             if target.vmi != DEMO_VM {
                 return Err(UpstreamError::NotFound);
@@ -92,15 +88,10 @@ impl Backend for DemoBackend {
                 ));
             }
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
-            let console =
-                WebSocketStream::from_raw_socket(theirs, Role::Server, Some(config)).await;
+            // The handshake is implicit: both ends start speaking frames.
+            let console = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
             tokio::spawn(simulated_console(console));
-            Ok(WebSocketStream::from_raw_socket(
-                UpstreamIo::Memory(ours),
-                Role::Client,
-                Some(config),
-            )
-            .await)
+            Ok(UpstreamIo::Memory(ours))
         })
     }
 }

@@ -35,7 +35,7 @@ use crate::route::{self, Route, Target};
 use crate::sessions::{ConsoleClaim, ConsoleHold, ConsoleKey, Limits, SessionPermit, Sessions};
 use crate::splice::{self, ByteCounts, ByteMetrics, SpliceSettings};
 use crate::token::{TokenError, TokenVerifier};
-use crate::upstream::{Backend, UpstreamSocket, UpstreamTarget};
+use crate::upstream::{Backend, UpstreamIo, UpstreamTarget};
 
 /// Response type of the service.
 pub type GatewayResponse = Response<Full<Bytes>>;
@@ -53,7 +53,7 @@ pub struct Settings {
     pub upstream_connect_timeout: Duration,
     /// Largest request head accepted (bytes, at least 8192).
     pub max_header_bytes: usize,
-    /// Largest websocket message accepted from either side.
+    /// Largest websocket message accepted from either side (also in `splice`).
     pub max_message_bytes: usize,
     /// Sessions end after this long, whatever the token says.
     pub max_session_duration: Option<Duration>,
@@ -62,13 +62,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Websocket settings for both sides: bounded messages and buffers, so
-    /// an idle session costs little and a flood cannot grow memory.
+    /// Websocket settings for the short-lived sockets that only send a
+    /// refusal: small buffers, bounded messages.
     pub fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
+            .read_buffer_size(4 * 1024)
             .write_buffer_size(0)
-            .max_write_buffer_size(self.max_message_bytes.saturating_mul(2).max(256 * 1024))
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
     }
@@ -223,9 +222,7 @@ impl Gateway {
         };
         let connected = tokio::time::timeout(
             shared.settings.upstream_connect_timeout,
-            shared
-                .backend
-                .connect(target, shared.settings.websocket_config()),
+            shared.backend.connect(target),
         )
         .await;
         shared
@@ -253,14 +250,16 @@ impl Gateway {
         shared.tracker.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let client = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(gateway.shared.settings.websocket_config()),
-                    )
-                    .await;
                     gateway
-                        .run_session(client, upstream, route, grant, claim, permit, changes)
+                        .run_session(
+                            TokioIo::new(upgraded),
+                            upstream,
+                            route,
+                            grant,
+                            claim,
+                            permit,
+                            changes,
+                        )
                         .await;
                 }
                 Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
@@ -286,8 +285,8 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)] // the parts of one session, handed over once
     async fn run_session<C>(
         &self,
-        client: WebSocketStream<C>,
-        upstream: UpstreamSocket,
+        client: C,
+        upstream: UpstreamIo,
         route: Route,
         grant: Grant,
         claim: ConsoleClaim,

@@ -21,9 +21,7 @@ use http::header::{
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::refusal::Refusal;
 use crate::route::ConsoleKind;
@@ -41,9 +39,6 @@ pub enum UpstreamIo {
     /// An in-process pipe (demo backend, tests).
     Memory(tokio::io::DuplexStream),
 }
-
-/// The upstream websocket of a session.
-pub type UpstreamSocket = WebSocketStream<UpstreamIo>;
 
 /// Which VM console to open.
 #[derive(Debug, Clone, Copy)]
@@ -92,16 +87,13 @@ impl UpstreamError {
 
 /// Boxed future returned by [`Backend::connect`] (keeps the trait object-safe).
 pub type ConnectFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<UpstreamSocket, UpstreamError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<UpstreamIo, UpstreamError>> + Send + 'a>>;
 
 /// Opens upstream websockets to VM consoles.
 pub trait Backend: Send + Sync + 'static {
-    /// Opens the console `target` with websocket settings `config`.
-    fn connect<'a>(
-        &'a self,
-        target: UpstreamTarget<'a>,
-        config: WebSocketConfig,
-    ) -> ConnectFuture<'a>;
+    /// Opens the console `target` and completes the websocket handshake (the
+    /// gateway is the client); returns the connection, ready for frames.
+    fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a>;
 }
 
 /// Opens KubeVirt subresources through the Kubernetes API server.
@@ -142,11 +134,7 @@ impl KubeVirtBackend {
         )
     }
 
-    async fn open(
-        &self,
-        target: UpstreamTarget<'_>,
-        config: WebSocketConfig,
-    ) -> Result<UpstreamSocket, UpstreamError> {
+    async fn open(&self, target: UpstreamTarget<'_>) -> Result<UpstreamIo, UpstreamError> {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
         let request = Request::get(self.path(target))
             .header(CONNECTION, "Upgrade")
@@ -186,22 +174,13 @@ impl KubeVirtBackend {
         let upgraded = hyper::upgrade::on(response)
             .await
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
-        Ok(WebSocketStream::from_raw_socket(
-            UpstreamIo::Upgraded(TokioIo::new(upgraded)),
-            Role::Client,
-            Some(config),
-        )
-        .await)
+        Ok(UpstreamIo::Upgraded(TokioIo::new(upgraded)))
     }
 }
 
 impl Backend for KubeVirtBackend {
-    fn connect<'a>(
-        &'a self,
-        target: UpstreamTarget<'a>,
-        config: WebSocketConfig,
-    ) -> ConnectFuture<'a> {
-        Box::pin(self.open(target, config))
+    fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a> {
+        Box::pin(self.open(target))
     }
 }
 

@@ -1,26 +1,28 @@
-//! Relaying messages between the client's websocket and the VM's.
+//! Relaying a session between the client's websocket and the VM's.
 //!
-//! Each direction is a pump that reads one side and writes the other, so a
-//! slow reader holds back only its own direction (backpressure through
-//! tungstenite's bounded write buffer, never an unbounded queue). Client text
-//! frames become binary (KubeVirt silently drops text, and xterm.js' attach
-//! addon types as text). Each pump also pings the side it writes to, since
-//! KubeVirt sends no pings and idle proxies and load balancers cut silent
-//! connections. Close frames are passed on in both directions.
+//! Each direction is a [`pump`] that forwards frames as they are (see
+//! [`frames`] for why no re-encoding is needed), turning client text frames
+//! into binary (KubeVirt silently drops text; xterm.js' attach addon types as
+//! text), enforcing the message size limit and counting bytes. Each pump also
+//! pings the side it writes to, since KubeVirt sends no pings and idle
+//! proxies and load balancers cut silent connections. At the end tungstenite
+//! takes over both connections to read and write the close frames, so close
+//! codes and reasons pass in both directions.
+
+mod frames;
+mod pump;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::refusal::Refusal;
 
@@ -33,6 +35,8 @@ pub struct SpliceSettings {
     pub idle_timeout: Option<Duration>,
     /// How long to wait for close frames to be written at the end.
     pub close_timeout: Duration,
+    /// Largest message accepted from either side (payload bytes).
+    pub max_message_bytes: usize,
 }
 
 /// How a splice ended.
@@ -119,19 +123,8 @@ pub fn close_frame(refusal: Refusal) -> CloseFrame {
     }
 }
 
-enum PumpEnd {
-    /// The read side sent a close frame.
-    Closed(Option<CloseFrame>),
-    /// The read side dropped or failed.
-    ReadGone,
-    /// Writing to the other side failed.
-    WriteGone,
-    /// The read side sent a message over the size limit.
-    TooBig,
-}
-
 /// Milliseconds since the splice started at which data last moved.
-struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
@@ -146,14 +139,27 @@ impl Activity {
     }
 }
 
+/// How the pumps stopped, before the close frames are decoded.
+enum Stop {
+    ClientClosed(Vec<u8>),
+    UpstreamClosed(Vec<u8>),
+    ClientGone,
+    UpstreamGone,
+    Gateway(Refusal),
+    Idle,
+    TooBig { from_client: bool },
+}
+
 /// Relays until either side closes, `stop` resolves, or the idle timeout
 /// passes; then closes both sides with the right frames.
 ///
-/// `upstream_gone` is asked what to tell the client when the VM side drops
-/// without a close frame (it knows whether another viewer took over).
+/// `client` and `upstream` are the raw connections right after their
+/// websocket handshakes. `upstream_gone` is asked what to tell the client
+/// when the VM side drops without a close frame (it knows whether another
+/// viewer took over).
 pub async fn splice<C, U>(
-    client: WebSocketStream<C>,
-    upstream: WebSocketStream<U>,
+    client: C,
+    upstream: U,
     settings: SpliceSettings,
     stop: impl Future<Output = Refusal>,
     upstream_gone: &(dyn Fn() -> Refusal + Sync),
@@ -164,29 +170,38 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_tx, mut client_rx) = client.split();
-    let (mut upstream_tx, mut upstream_rx) = upstream.split();
+    let max_message = settings.max_message_bytes as u64;
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
 
-    let end = {
-        let up = pump(
+    let stopped = {
+        let up = pump::pump(
             &mut client_rx,
             &mut upstream_tx,
+            frames::Side::Client,
+            max_message,
             settings.ping_interval,
-            &counts.client_to_upstream,
-            &metrics.client_to_upstream,
-            &activity,
+            pump::PumpCounters {
+                count: &counts.client_to_upstream,
+                metric: &metrics.client_to_upstream,
+                activity: &activity,
+            },
         );
-        let down = pump(
+        let down = pump::pump(
             &mut upstream_rx,
             &mut client_tx,
+            frames::Side::Upstream,
+            max_message,
             settings.ping_interval,
-            &counts.upstream_to_client,
-            &metrics.upstream_to_client,
-            &activity,
+            pump::PumpCounters {
+                count: &counts.upstream_to_client,
+                metric: &metrics.upstream_to_client,
+                activity: &activity,
+            },
         );
         tokio::pin!(up, down, stop);
         loop {
@@ -199,32 +214,63 @@ where
             };
             tokio::select! {
                 end = &mut up => break match end {
-                    PumpEnd::Closed(frame) => SpliceEnd::ClientClosed(frame),
-                    PumpEnd::ReadGone => SpliceEnd::ClientGone,
-                    PumpEnd::WriteGone => SpliceEnd::UpstreamGone(upstream_gone()),
-                    PumpEnd::TooBig => SpliceEnd::MessageTooBig { from_client: true },
+                    pump::PumpEnd::Closed(bytes) => Stop::ClientClosed(bytes),
+                    pump::PumpEnd::ReadGone => Stop::ClientGone,
+                    pump::PumpEnd::WriteGone => Stop::UpstreamGone,
+                    pump::PumpEnd::TooBig => Stop::TooBig { from_client: true },
                 },
                 end = &mut down => break match end {
-                    PumpEnd::Closed(frame) => SpliceEnd::UpstreamClosed(frame),
-                    PumpEnd::ReadGone => SpliceEnd::UpstreamGone(upstream_gone()),
-                    PumpEnd::WriteGone => SpliceEnd::ClientGone,
-                    PumpEnd::TooBig => SpliceEnd::MessageTooBig { from_client: false },
+                    pump::PumpEnd::Closed(bytes) => Stop::UpstreamClosed(bytes),
+                    pump::PumpEnd::ReadGone => Stop::UpstreamGone,
+                    pump::PumpEnd::WriteGone => Stop::ClientGone,
+                    pump::PumpEnd::TooBig => Stop::TooBig { from_client: false },
                 },
-                refusal = &mut stop => break SpliceEnd::Stopped(refusal),
+                refusal = &mut stop => break Stop::Gateway(refusal),
                 _ = idle => {
                     // Data may have moved while we slept: only end if still idle.
                     if settings.idle_timeout.is_some_and(|t| activity.last() + t <= Instant::now()) {
-                        break SpliceEnd::Idle;
+                        break Stop::Idle;
                     }
                 }
             }
         }
     };
 
+    // From here on tungstenite frames everything: decoding the close frame a
+    // side sent, answering it, and writing ours.
+    let config = WebSocketConfig::default().max_message_size(Some(settings.max_message_bytes));
+    let client_io = client_rx.unsplit(client_tx);
+    let upstream_io = upstream_rx.unsplit(upstream_tx);
+    let (client_rest, upstream_rest) = match &stopped {
+        Stop::ClientClosed(bytes) => (bytes.clone(), Vec::new()),
+        Stop::UpstreamClosed(bytes) => (Vec::new(), bytes.clone()),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let mut client_ws =
+        WebSocketStream::from_partially_read(client_io, client_rest, Role::Server, Some(config))
+            .await;
+    let mut upstream_ws = WebSocketStream::from_partially_read(
+        upstream_io,
+        upstream_rest,
+        Role::Client,
+        Some(config),
+    )
+    .await;
+    let end = match stopped {
+        Stop::ClientClosed(_) => SpliceEnd::ClientClosed(read_close(&mut client_ws).await),
+        Stop::UpstreamClosed(_) => SpliceEnd::UpstreamClosed(read_close(&mut upstream_ws).await),
+        Stop::ClientGone => SpliceEnd::ClientGone,
+        Stop::UpstreamGone => SpliceEnd::UpstreamGone(upstream_gone()),
+        Stop::Gateway(refusal) => SpliceEnd::Stopped(refusal),
+        Stop::Idle => SpliceEnd::Idle,
+        Stop::TooBig { from_client } => SpliceEnd::MessageTooBig { from_client },
+    };
+
     // Tell each side what happened, without waiting forever on a dead peer.
+    // A side that sent a close frame gets tungstenite's reply (queued when it
+    // read the frame) when its stream is closed below.
     let (to_client, to_upstream): (Option<Option<CloseFrame>>, Option<Option<CloseFrame>>) =
         match &end {
-            // tungstenite already queued the reply to the closing side; flush it.
             SpliceEnd::ClientClosed(frame) => (None, Some(frame.clone())),
             // KubeVirt closes without a status; say what happened.
             SpliceEnd::UpstreamClosed(frame) => (
@@ -256,13 +302,25 @@ where
                 }
             }
         };
-    let close_client = finish(&mut client_tx, to_client);
-    let close_upstream = finish(&mut upstream_tx, to_upstream);
+    let close_client = finish(&mut client_ws, to_client);
+    let close_upstream = finish(&mut upstream_ws, to_upstream);
     let _ = tokio::time::timeout(settings.close_timeout, async {
         tokio::join!(close_client, close_upstream)
     })
     .await;
     end
+}
+
+/// Reads the close frame a side started sending (its first bytes were given
+/// to tungstenite as already read).
+async fn read_close<S>(ws: &mut WebSocketStream<S>) -> Option<CloseFrame>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+        Ok(Some(Ok(Message::Close(frame)))) => frame,
+        _ => None,
+    }
 }
 
 fn normal_close(reason: &'static str) -> CloseFrame {
@@ -274,83 +332,15 @@ fn normal_close(reason: &'static str) -> CloseFrame {
 
 /// Sends a close frame (if `frame` is `Some`) and flushes whatever is queued,
 /// including close replies tungstenite queued on its own.
-async fn finish<S>(
-    tx: &mut SplitSink<WebSocketStream<S>, Message>,
-    frame: Option<Option<CloseFrame>>,
-) where
+async fn finish<S>(ws: &mut WebSocketStream<S>, frame: Option<Option<CloseFrame>>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(frame) = frame {
-        let _ = tx.send(Message::Close(frame)).await;
+        let _ = ws.send(Message::Close(frame)).await;
     }
-    let _ = tx.close().await;
-}
-
-/// Moves data messages from `rx` to `tx` until `rx` closes or fails.
-async fn pump<R, W>(
-    rx: &mut SplitStream<WebSocketStream<R>>,
-    tx: &mut SplitSink<WebSocketStream<W>, Message>,
-    ping_interval: Duration,
-    count: &AtomicU64,
-    metric: &IntCounter,
-    activity: &Activity,
-) -> PumpEnd
-where
-    R: AsyncRead + AsyncWrite + Unpin,
-    W: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let first = tokio::select! {
-            msg = rx.next() => msg,
-            _ = ping.tick() => {
-                if tx.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return PumpEnd::WriteGone;
-                }
-                continue;
-            }
-        };
-        // Forward everything that is already readable, then flush once:
-        // one write per burst rather than per message.
-        let mut next = first;
-        loop {
-            let payload = match next {
-                Some(Ok(Message::Binary(b))) => b,
-                Some(Ok(Message::Text(t))) => Bytes::from(t),
-                // Each side answers its own pings (tungstenite does it while reading).
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                    match rx.next().now_or_never() {
-                        Some(msg) => {
-                            next = msg;
-                            continue;
-                        }
-                        None => break,
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => return PumpEnd::Closed(frame),
-                Some(Err(WsError::Capacity(_))) => return PumpEnd::TooBig,
-                Some(Err(_)) | None => return PumpEnd::ReadGone,
-            };
-            let len = payload.len() as u64;
-            if tx.feed(Message::Binary(payload)).await.is_err() {
-                return PumpEnd::WriteGone;
-            }
-            count.fetch_add(len, Ordering::Relaxed);
-            metric.inc_by(len);
-            activity.touch();
-            match rx.next().now_or_never() {
-                Some(msg) => next = msg,
-                None => break,
-            }
-        }
-        if tx.flush().await.is_err() {
-            return PumpEnd::WriteGone;
-        }
-    }
+    let _ = SinkExt::close(ws).await;
 }
 
 #[cfg(test)]
-#[path = "splice_tests.rs"]
 mod tests;

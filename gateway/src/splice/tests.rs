@@ -1,5 +1,5 @@
-//! The splice alone, over in-memory pipes: framing, closes, pings, limits,
-//! backpressure.
+//! The splice alone, over in-memory pipes with real tungstenite peers:
+//! framing, closes, pings, limits, backpressure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,30 +18,28 @@ type Peer = WebSocketStream<DuplexStream>;
 
 const MAX_MESSAGE: usize = 256 * 1024;
 
+/// The peers' own settings: they accept larger messages than the gateway.
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(2 * MAX_MESSAGE)
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE))
+        .max_message_size(Some(4 * MAX_MESSAGE))
+        .max_frame_size(Some(4 * MAX_MESSAGE))
 }
 
-/// (the browser, the gateway's client-side socket)
-async fn browser_pair() -> (Peer, Peer) {
+/// (the browser, the gateway's client-side connection after the handshake)
+async fn browser_pair() -> (Peer, DuplexStream) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     (
-        WebSocketStream::from_raw_socket(a, Role::Client, None).await,
-        WebSocketStream::from_raw_socket(b, Role::Server, Some(config())).await,
+        WebSocketStream::from_raw_socket(a, Role::Client, Some(config())).await,
+        b,
     )
 }
 
-/// (the VM side, the gateway's upstream socket)
-async fn vm_pair() -> (Peer, Peer) {
+/// (the VM side, the gateway's upstream connection after the handshake)
+async fn vm_pair() -> (Peer, DuplexStream) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     (
-        WebSocketStream::from_raw_socket(a, Role::Server, None).await,
-        WebSocketStream::from_raw_socket(b, Role::Client, Some(config())).await,
+        WebSocketStream::from_raw_socket(a, Role::Server, Some(config())).await,
+        b,
     )
 }
 
@@ -50,6 +48,7 @@ fn settings() -> SpliceSettings {
         ping_interval: Duration::from_secs(30),
         idle_timeout: None,
         close_timeout: Duration::from_secs(1),
+        max_message_bytes: MAX_MESSAGE,
     }
 }
 
