@@ -5,7 +5,8 @@
 //! Keys come from files (HMAC secrets or RSA/EC/Ed25519 public keys in PEM),
 //! optionally named by `kid`, and are reloaded when the files change.
 //! Verified tokens are cached (bounded, each entry dropped no later than the
-//! token's `exp`), so a reconnecting noVNC does not pay for RSA again.
+//! token's `exp`), so a reconnecting noVNC does not pay for RSA again. The
+//! cache is keyed by the token's SHA-256, so no token is kept in memory.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -119,17 +120,25 @@ struct LoadedKey {
 pub struct TokenVerifier {
     settings: TokenSettings,
     keys: RwLock<Arc<Vec<LoadedKey>>>,
-    cache: moka::future::Cache<String, Arc<Claims>>,
+    cache: moka::future::Cache<TokenDigest, Arc<Claims>>,
     metrics: Arc<Metrics>,
+}
+
+/// SHA-256 of a token: the cache key.
+type TokenDigest = [u8; 32];
+
+fn digest(token: &str) -> TokenDigest {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Cache entries live until the token's `exp`, never longer.
 struct UntilExpiry;
 
-impl moka::Expiry<String, Arc<Claims>> for UntilExpiry {
+impl moka::Expiry<TokenDigest, Arc<Claims>> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &String,
+        _key: &TokenDigest,
         claims: &Arc<Claims>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
@@ -170,7 +179,8 @@ impl TokenVerifier {
     /// [`TokenError::Expired`] for an expired token, [`TokenError::Invalid`]
     /// for anything else wrong with it.
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
-        if let Some(claims) = self.cache.get(token).await {
+        let key = digest(token);
+        if let Some(claims) = self.cache.get(&key).await {
             self.metrics.token_cache_hits.inc();
             // The cache drops entries at `exp`; this guards the last second.
             if claims.exp + self.settings.leeway.as_secs() < now_secs() {
@@ -180,7 +190,7 @@ impl TokenVerifier {
         }
         self.metrics.token_cache_misses.inc();
         let claims = Arc::new(self.verify_uncached(token)?);
-        self.cache.insert(token.to_string(), claims.clone()).await;
+        self.cache.insert(key, claims.clone()).await;
         Ok(claims)
     }
 

@@ -236,11 +236,34 @@ where
         }
     };
 
+    // The closing phase runs once, on the heap: an idle session's future
+    // then holds only the relay state.
+    Box::pin(close_both(
+        client_rx.unsplit(client_tx),
+        upstream_rx.unsplit(upstream_tx),
+        stopped,
+        settings,
+        upstream_gone,
+    ))
+    .await
+}
+
+/// Decodes the close frame a side sent (if any), then tells each side what
+/// happened, without waiting forever on a dead peer.
+async fn close_both<C, U>(
+    client_io: C,
+    upstream_io: U,
+    stopped: Stop,
+    settings: SpliceSettings,
+    upstream_gone: &(dyn Fn() -> Refusal + Sync),
+) -> SpliceEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     // From here on tungstenite frames everything: decoding the close frame a
     // side sent, answering it, and writing ours.
     let config = WebSocketConfig::default().max_message_size(Some(settings.max_message_bytes));
-    let client_io = client_rx.unsplit(client_tx);
-    let upstream_io = upstream_rx.unsplit(upstream_tx);
     let (client_rest, upstream_rest) = match &stopped {
         Stop::ClientClosed(bytes) => (bytes.clone(), Vec::new()),
         Stop::UpstreamClosed(bytes) => (Vec::new(), bytes.clone()),
