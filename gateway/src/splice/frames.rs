@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
 /// The longest frame header (2 + 8 length + 4 mask bytes).
-const MAX_HEADER: usize = 14;
+pub const MAX_HEADER: usize = 14;
 /// Control frames carry at most 125 payload bytes (RFC 6455 5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 
@@ -31,23 +31,40 @@ pub enum Side {
 /// What a scan of one buffer found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
-    /// Only data and pass-through control frames: forward it all.
+    /// Only data and pass-through control frames.
     Nothing,
-    /// A close frame starts at this offset: forward what comes before it.
-    Close(usize),
-    /// A data message grew over the size limit.
+    /// A close frame starts where forwarding stops.
+    Close,
+    /// A data message grew over the size limit (its frame starts where
+    /// forwarding stops).
     TooBig,
     /// Not a valid frame stream (wrong masking, reserved bits, bad header).
     Broken,
 }
 
+/// The result of scanning one buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// What stopped the scan, if anything.
+    pub found: Found,
+    /// How many bytes from the start of the buffer may be forwarded. Bytes
+    /// after them are a frame header still incomplete (`Found::Nothing`; the
+    /// caller keeps them for the next read) or the frame that stopped the scan.
+    pub forward: usize,
+    /// Data payload bytes within the forwarded part.
+    pub data: u64,
+}
+
 /// Frame-boundary state of one direction of a relay.
+///
+/// A frame header is only ever forwarded whole (the caller carries an
+/// incomplete one over to the next read), so the forwarded stream is always
+/// either between frames or inside a payload: if a session must end in the
+/// middle of a frame, the frame can be finished with `payload_left` filler
+/// bytes before a close frame goes out.
 pub struct FrameScanner {
     from: Side,
     max_message: u64,
-    /// Header bytes of a header that spans two reads.
-    header: [u8; MAX_HEADER],
-    header_len: usize,
     /// Payload bytes of the current frame still to come.
     payload_left: u64,
     /// Whether the current frame is a data frame (counted) or a control frame.
@@ -63,24 +80,37 @@ impl FrameScanner {
         FrameScanner {
             from,
             max_message,
-            header: [0; MAX_HEADER],
-            header_len: 0,
             payload_left: 0,
             data_frame: false,
             message_len: 0,
         }
     }
 
-    /// Whether the stream is between two frames (where a ping may go).
-    pub fn at_boundary(&self) -> bool {
-        self.header_len == 0 && self.payload_left == 0
+    /// The side the scanned frames come from.
+    pub fn side(&self) -> Side {
+        self.from
     }
 
-    /// Scans `buf`, rewriting text opcodes to binary in place. Returns what it
-    /// found and how many data payload bytes it passed over.
-    pub fn scan(&mut self, buf: &mut [u8]) -> (Found, u64) {
+    /// Whether the forwarded stream is between two frames (where a ping or a
+    /// close frame may go).
+    pub fn at_boundary(&self) -> bool {
+        self.payload_left == 0
+    }
+
+    /// Payload bytes the receiver still expects for the frame being forwarded.
+    pub fn payload_left(&self) -> u64 {
+        self.payload_left
+    }
+
+    /// Scans `buf`, rewriting text opcodes to binary in place.
+    pub fn scan(&mut self, buf: &mut [u8]) -> Scan {
         let mut i = 0;
         let mut data = 0u64;
+        let stop = |found, forward, data| Scan {
+            found,
+            forward,
+            data,
+        };
         while i < buf.len() {
             if self.payload_left > 0 {
                 let take = self.payload_left.min((buf.len() - i) as u64);
@@ -91,61 +121,58 @@ impl FrameScanner {
                 }
                 continue;
             }
-            if self.header_len == 0 {
-                // The opcode is in the first byte, which may be forwarded
-                // before the rest of the header arrives: decide on it now.
-                match OpCode::from(buf[i] & 0x0f) {
-                    OpCode::Control(Control::Close) => return (Found::Close(i), data),
-                    OpCode::Data(Data::Text) => {
-                        buf[i] = (buf[i] & 0xf0) | u8::from(OpCode::Data(Data::Binary));
-                    }
-                    _ => {}
-                }
+            let start = i;
+            if OpCode::from(buf[i] & 0x0f) == OpCode::Data(Data::Text) {
+                buf[i] = (buf[i] & 0xf0) | u8::from(OpCode::Data(Data::Binary));
             }
-            let take = (MAX_HEADER - self.header_len).min(buf.len() - i);
-            self.header[self.header_len..self.header_len + take].copy_from_slice(&buf[i..i + take]);
-            let mut cursor = Cursor::new(&self.header[..self.header_len + take]);
+            let mut cursor = Cursor::new(&buf[start..]);
             match FrameHeader::parse(&mut cursor) {
                 Ok(Some((header, len))) => {
-                    let used = cursor.position() as usize - self.header_len;
-                    i += used;
-                    self.header_len = 0;
-                    if let Some(found) = self.start_frame(&header, len) {
-                        return (found, data);
+                    if header.opcode == OpCode::Control(Control::Close) {
+                        return stop(Found::Close, start, data);
                     }
+                    if let Some(found) = self.start_frame(&header, len) {
+                        return stop(found, start, data);
+                    }
+                    i += cursor.position() as usize;
                 }
                 // The header continues in the next read.
-                Ok(None) => {
-                    self.header_len += take;
-                    i += take;
-                }
-                Err(_) => return (Found::Broken, data),
+                Ok(None) => return stop(Found::Nothing, start, data),
+                Err(_) => return stop(Found::Broken, start, data),
             }
         }
-        (Found::Nothing, data)
+        stop(Found::Nothing, buf.len(), data)
     }
 
+    /// Checks a frame header; on success the frame's payload is expected next.
     fn start_frame(&mut self, header: &FrameHeader, len: u64) -> Option<Found> {
         let masked_as_expected = header.mask.is_some() == (self.from == Side::Client);
         // No extension was negotiated, so reserved bits must be clear.
         if !masked_as_expected || header.rsv1 || header.rsv2 || header.rsv3 {
             return Some(Found::Broken);
         }
-        self.payload_left = len;
         match header.opcode {
             OpCode::Control(_) => {
+                if len > MAX_CONTROL_PAYLOAD {
+                    return Some(Found::Broken);
+                }
                 self.data_frame = false;
-                (len > MAX_CONTROL_PAYLOAD).then_some(Found::Broken)
             }
             OpCode::Data(kind) => {
-                self.data_frame = true;
-                if kind != Data::Continue {
-                    self.message_len = 0;
+                let message_len = if kind == Data::Continue {
+                    self.message_len.saturating_add(len)
+                } else {
+                    len
+                };
+                if message_len > self.max_message {
+                    return Some(Found::TooBig);
                 }
-                self.message_len = self.message_len.saturating_add(len);
-                (self.message_len > self.max_message).then_some(Found::TooBig)
+                self.message_len = message_len;
+                self.data_frame = true;
             }
         }
+        self.payload_left = len;
+        None
     }
 }
 
@@ -176,25 +203,69 @@ mod tests {
         out
     }
 
+    /// Feeds `bytes` to a scanner in reads of `chunk` bytes, carrying
+    /// incomplete headers over like the pump does; returns the forwarded
+    /// bytes, the data count and the first non-`Nothing` result.
+    fn relay(s: &mut FrameScanner, bytes: &[u8], chunk: usize) -> (Vec<u8>, u64, Option<Scan>) {
+        let mut out = Vec::new();
+        let mut carry = Vec::new();
+        let mut total = 0;
+        for piece in bytes.chunks(chunk) {
+            let mut buf = std::mem::take(&mut carry);
+            buf.extend_from_slice(piece);
+            let scan = s.scan(&mut buf);
+            total += scan.data;
+            out.extend_from_slice(&buf[..scan.forward]);
+            if scan.found != Found::Nothing {
+                return (out, total, Some(scan));
+            }
+            assert!(
+                buf.len() - scan.forward < MAX_HEADER,
+                "only a header is carried"
+            );
+            carry = buf[scan.forward..].to_vec();
+        }
+        assert!(carry.is_empty(), "bytes left over: {carry:?}");
+        (out, total, None)
+    }
+
     #[test]
     fn text_becomes_binary_and_payload_is_counted_across_reads() {
         let mut bytes = frame(OpCode::Data(Data::Text), b"hello world", true, true);
         bytes.extend(frame(OpCode::Data(Data::Binary), &[9; 300], true, true));
-        let mut s = FrameScanner::new(Side::Client, 1 << 20);
-        let mut total = 0;
-        // Feed one byte at a time: headers and payloads span reads.
-        let mut out = Vec::new();
-        for b in &bytes {
-            let mut one = [*b];
-            let (found, data) = s.scan(&mut one);
-            assert_eq!(found, Found::Nothing);
-            total += data;
-            out.push(one[0]);
+        // One byte at a time: headers and payloads span reads.
+        for chunk in [1, 3, 7, 1000] {
+            let mut s = FrameScanner::new(Side::Client, 1 << 20);
+            let (out, total, stopped) = relay(&mut s, &bytes, chunk);
+            assert_eq!(stopped, None);
+            assert_eq!(total, 311);
+            assert!(s.at_boundary());
+            assert_eq!(out[0] & 0x0f, 0x2, "text opcode rewritten to binary");
+            assert_eq!(&out[1..], &bytes[1..], "nothing else changed");
         }
-        assert_eq!(total, 311);
+    }
+
+    #[test]
+    fn headers_are_forwarded_whole_so_a_frame_can_be_finished() {
+        let bytes = frame(OpCode::Data(Data::Binary), &[5; 1000], false, true);
+        let mut s = FrameScanner::new(Side::Upstream, 1 << 20);
+        // The 4-byte header arrives in two reads: nothing goes out until it is whole.
+        let mut first = bytes[..3].to_vec();
+        let scan = s.scan(&mut first);
+        assert_eq!(
+            (scan.found, scan.forward, scan.data),
+            (Found::Nothing, 0, 0)
+        );
         assert!(s.at_boundary());
-        assert_eq!(out[0] & 0x0f, 0x2, "text opcode rewritten to binary");
-        assert_eq!(&out[1..], &bytes[1..], "nothing else changed");
+        let mut second = bytes[..500].to_vec();
+        let scan = s.scan(&mut second);
+        assert_eq!(
+            (scan.found, scan.forward, scan.data),
+            (Found::Nothing, 500, 496)
+        );
+        // 504 payload bytes would finish the frame.
+        assert_eq!(s.payload_left(), 504);
+        assert!(!s.at_boundary());
     }
 
     #[test]
@@ -205,26 +276,36 @@ mod tests {
         Frame::close(None).format(&mut close).unwrap();
         bytes.extend(close);
         let mut s = FrameScanner::new(Side::Upstream, 1 << 20);
-        assert_eq!(s.scan(&mut bytes), (Found::Close(at), 3));
+        let scan = s.scan(&mut bytes);
+        assert_eq!((scan.found, scan.forward, scan.data), (Found::Close, at, 3));
+        assert!(s.at_boundary());
 
-        // A fragmented message over the limit is caught at the fragment that crosses it.
+        // A fragmented message over the limit is caught at the fragment that
+        // crosses it; what came before it is still forwarded.
         let mut s = FrameScanner::new(Side::Upstream, 100);
-        let mut first = frame(OpCode::Data(Data::Binary), &[0; 60], false, false);
-        let mut second = frame(OpCode::Data(Data::Continue), &[0; 60], false, true);
-        assert_eq!(s.scan(&mut first), (Found::Nothing, 60));
-        assert_eq!(s.scan(&mut second).0, Found::TooBig);
+        let mut bytes = frame(OpCode::Data(Data::Binary), &[0; 60], false, false);
+        let first_len = bytes.len();
+        bytes.extend(frame(OpCode::Data(Data::Continue), &[0; 60], false, true));
+        let (out, total, stopped) = relay(&mut s, &bytes, 7);
+        assert_eq!(stopped.map(|s| s.found), Some(Found::TooBig));
+        assert_eq!((out.len(), total), (first_len, 60));
+        assert!(s.at_boundary(), "the refused frame is not started");
     }
 
     #[test]
     fn refuses_wrong_masking() {
         let mut unmasked = frame(OpCode::Data(Data::Binary), b"x", false, true);
         assert_eq!(
-            FrameScanner::new(Side::Client, 100).scan(&mut unmasked).0,
+            FrameScanner::new(Side::Client, 100)
+                .scan(&mut unmasked)
+                .found,
             Found::Broken
         );
         let mut masked = frame(OpCode::Data(Data::Binary), b"x", true, true);
         assert_eq!(
-            FrameScanner::new(Side::Upstream, 100).scan(&mut masked).0,
+            FrameScanner::new(Side::Upstream, 100)
+                .scan(&mut masked)
+                .found,
             Found::Broken
         );
     }

@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::refusal::Refusal;
+use frames::{FrameScanner, Side};
 
 /// Timing settings of a splice.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +151,42 @@ enum Stop {
     TooBig { from_client: bool },
 }
 
+impl Stop {
+    /// What it means that the pump reading the client (`from_client`) or the
+    /// VM side ended with `end`.
+    fn from_pump(end: &pump::PumpEnd, from_client: bool) -> Stop {
+        use pump::PumpEnd::*;
+        match (end, from_client) {
+            (Closed(bytes), true) => Stop::ClientClosed(bytes.clone()),
+            (Closed(bytes), false) => Stop::UpstreamClosed(bytes.clone()),
+            (ReadGone, true) | (WriteGone, false) => Stop::ClientGone,
+            (ReadGone, false) | (WriteGone, true) => Stop::UpstreamGone,
+            (TooBig, from_client) => Stop::TooBig { from_client },
+            // Only the splice halts pumps, after it has decided why.
+            (Halted, _) => Stop::Gateway(Refusal::ShuttingDown),
+        }
+    }
+}
+
+/// Where the bytes written to one side ended, once its pump has stopped.
+#[derive(Debug, Clone, Copy)]
+enum Written {
+    /// Between frames, or `n` payload bytes short of the end of a frame.
+    Short(u64),
+    /// The side cannot take a close frame: its connection failed, or its
+    /// pump did not stop in time (stuck writing to a peer that reads nothing).
+    Unusable,
+}
+
+impl Written {
+    fn after(end: Option<&pump::PumpEnd>, scanner: &FrameScanner) -> Written {
+        match end {
+            Some(pump::PumpEnd::WriteGone) | None => Written::Unusable,
+            Some(_) => Written::Short(scanner.payload_left()),
+        }
+    }
+}
+
 /// Relays until either side closes, `stop` resolves, or the idle timeout
 /// passes; then closes both sides with the right frames.
 ///
@@ -173,18 +210,21 @@ where
     let max_message = settings.max_message_bytes as u64;
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
+    let mut from_client = FrameScanner::new(Side::Client, max_message);
+    let mut from_upstream = FrameScanner::new(Side::Upstream, max_message);
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
+    let halt = pump::Halt::default();
 
-    let stopped = {
+    let (stopped, up_end, down_end) = {
         let up = pump::pump(
             &mut client_rx,
             &mut upstream_tx,
-            frames::Side::Client,
-            max_message,
+            &mut from_client,
             settings.ping_interval,
+            &halt,
             pump::PumpCounters {
                 count: &counts.client_to_upstream,
                 metric: &metrics.client_to_upstream,
@@ -194,9 +234,9 @@ where
         let down = pump::pump(
             &mut upstream_rx,
             &mut client_tx,
-            frames::Side::Upstream,
-            max_message,
+            &mut from_upstream,
             settings.ping_interval,
+            &halt,
             pump::PumpCounters {
                 count: &counts.upstream_to_client,
                 metric: &metrics.upstream_to_client,
@@ -204,7 +244,9 @@ where
             },
         );
         tokio::pin!(up, down, stop);
-        loop {
+        let mut up_end = None;
+        let mut down_end = None;
+        let stopped = loop {
             let idle_at = settings.idle_timeout.map(|t| activity.last() + t);
             let idle = async {
                 match idle_at {
@@ -213,18 +255,16 @@ where
                 }
             };
             tokio::select! {
-                end = &mut up => break match end {
-                    pump::PumpEnd::Closed(bytes) => Stop::ClientClosed(bytes),
-                    pump::PumpEnd::ReadGone => Stop::ClientGone,
-                    pump::PumpEnd::WriteGone => Stop::UpstreamGone,
-                    pump::PumpEnd::TooBig => Stop::TooBig { from_client: true },
-                },
-                end = &mut down => break match end {
-                    pump::PumpEnd::Closed(bytes) => Stop::UpstreamClosed(bytes),
-                    pump::PumpEnd::ReadGone => Stop::UpstreamGone,
-                    pump::PumpEnd::WriteGone => Stop::ClientGone,
-                    pump::PumpEnd::TooBig => Stop::TooBig { from_client: false },
-                },
+                end = &mut up => {
+                    let stopped = Stop::from_pump(&end, true);
+                    up_end = Some(end);
+                    break stopped;
+                }
+                end = &mut down => {
+                    let stopped = Stop::from_pump(&end, false);
+                    down_end = Some(end);
+                    break stopped;
+                }
                 refusal = &mut stop => break Stop::Gateway(refusal),
                 _ = idle => {
                     // Data may have moved while we slept: only end if still idle.
@@ -233,8 +273,29 @@ where
                     }
                 }
             }
-        }
+        };
+        // Let the other pump (or both) finish the write it is in, so each
+        // side's stream ends on a known point before the close frames.
+        halt.halt();
+        let _ = tokio::time::timeout(settings.close_timeout, async {
+            tokio::join!(
+                async {
+                    if up_end.is_none() {
+                        up_end = Some(up.await);
+                    }
+                },
+                async {
+                    if down_end.is_none() {
+                        down_end = Some(down.await);
+                    }
+                },
+            )
+        })
+        .await;
+        (stopped, up_end, down_end)
     };
+    let to_client = Written::after(down_end.as_ref(), &from_upstream);
+    let to_upstream = Written::after(up_end.as_ref(), &from_client);
 
     // The closing phase runs once, on the heap: an idle session's future
     // then holds only the relay state.
@@ -242,6 +303,7 @@ where
         client_rx.unsplit(client_tx),
         upstream_rx.unsplit(upstream_tx),
         stopped,
+        [to_client, to_upstream],
         settings,
         upstream_gone,
     ))
@@ -251,9 +313,10 @@ where
 /// Decodes the close frame a side sent (if any), then tells each side what
 /// happened, without waiting forever on a dead peer.
 async fn close_both<C, U>(
-    client_io: C,
+    mut client_io: C,
     upstream_io: U,
     stopped: Stop,
+    [to_client_written, to_upstream_written]: [Written; 2],
     settings: SpliceSettings,
     upstream_gone: &(dyn Fn() -> Refusal + Sync),
 ) -> SpliceEnd
@@ -261,6 +324,22 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    // A frame cut off mid-payload is finished with filler towards the
+    // browser, so the close frame that follows is read as one and the user
+    // sees the reason. Towards the VM a filler would be typed into it, so that
+    // side is only disconnected (KubeVirt reports no close reasons anyway).
+    let client_usable = match to_client_written {
+        Written::Short(0) => true,
+        Written::Short(left) => tokio::time::timeout(
+            settings.close_timeout,
+            pump::finish_frame(&mut client_io, left),
+        )
+        .await
+        .is_ok_and(|written| written.is_ok()),
+        Written::Unusable => false,
+    };
+    let upstream_usable = matches!(to_upstream_written, Written::Short(0));
+
     // From here on tungstenite frames everything: decoding the close frame a
     // side sent, answering it, and writing ours.
     let config = WebSocketConfig::default().max_message_size(Some(settings.max_message_bytes));
@@ -325,8 +404,8 @@ where
                 }
             }
         };
-    let close_client = finish(&mut client_ws, to_client);
-    let close_upstream = finish(&mut upstream_ws, to_upstream);
+    let close_client = finish(&mut client_ws, to_client, client_usable);
+    let close_upstream = finish(&mut upstream_ws, to_upstream, upstream_usable);
     let _ = tokio::time::timeout(settings.close_timeout, async {
         tokio::join!(close_client, close_upstream)
     })
@@ -354,11 +433,16 @@ fn normal_close(reason: &'static str) -> CloseFrame {
 }
 
 /// Sends a close frame (if `frame` is `Some`) and flushes whatever is queued,
-/// including close replies tungstenite queued on its own.
-async fn finish<S>(ws: &mut WebSocketStream<S>, frame: Option<Option<CloseFrame>>)
+/// including close replies tungstenite queued on its own. A side whose
+/// stream cannot take a frame (`usable` false) is only shut down.
+async fn finish<S>(ws: &mut WebSocketStream<S>, frame: Option<Option<CloseFrame>>, usable: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if !usable {
+        let _ = ws.get_mut().shutdown().await;
+        return;
+    }
     if let Some(frame) = frame {
         let _ = ws.send(Message::Close(frame)).await;
     }

@@ -5,18 +5,23 @@
 //! busy one moves a burst with one read and one write (like nginx with large
 //! proxy buffers). A slow reader holds back only its own direction: the pump
 //! waits on its write before reading again, so nothing queues up.
+//!
+//! A pump is never dropped in the middle of a write: it is asked to stop
+//! ([`Halt`]) and does so between reads, so the bytes written so far always
+//! end on a known point of the frame stream and a close frame can follow.
 
 use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
 
 use super::Activity;
-use super::frames::{Found, FrameScanner, Side, ping_frame};
+use super::frames::{Found, FrameScanner, MAX_HEADER, Side, ping_frame};
 
 /// Relay buffer size: large reads mean few system calls per megabyte.
 const BUFFER_SIZE: usize = 128 * 1024;
@@ -41,16 +46,22 @@ fn give_buffer(buf: Box<[u8]>) {
     });
 }
 
-/// Waits for bytes and reads them into a pooled buffer, which is held only
+/// Waits for bytes and reads them into a pooled buffer after `carry` (the
+/// start of a frame header from the previous read). The buffer is held only
 /// while a read completes: a session waiting for data holds none.
-async fn read_pooled<R: AsyncRead + Unpin>(rx: &mut R) -> std::io::Result<(Box<[u8]>, usize)> {
+async fn read_pooled<R: AsyncRead + Unpin>(
+    rx: &mut R,
+    carry: &[u8],
+) -> std::io::Result<(Box<[u8]>, usize)> {
     std::future::poll_fn(|cx| {
         let mut buf = take_buffer();
-        let mut read = ReadBuf::new(&mut buf);
+        buf[..carry.len()].copy_from_slice(carry);
+        let mut read = ReadBuf::new(&mut buf[carry.len()..]);
         match Pin::new(&mut *rx).poll_read(cx, &mut read) {
             Poll::Ready(Ok(())) => {
                 let n = read.filled().len();
-                Poll::Ready(Ok((buf, n)))
+                let total = if n == 0 { 0 } else { carry.len() + n };
+                Poll::Ready(Ok((buf, total)))
             }
             Poll::Ready(Err(e)) => {
                 give_buffer(buf);
@@ -65,7 +76,36 @@ async fn read_pooled<R: AsyncRead + Unpin>(rx: &mut R) -> std::io::Result<(Box<[
     .await
 }
 
+/// Asks both pumps of a splice to stop at their next read, so that no write
+/// is cut short and each side can still be sent a well-formed close frame.
+#[derive(Default)]
+pub struct Halt {
+    halted: AtomicBool,
+    notify: Notify,
+}
+
+impl Halt {
+    /// Stops the pumps (each finishes the write it is in first).
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn halted(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.halted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// How a pump ended.
+#[derive(Debug)]
 pub enum PumpEnd {
     /// The read side sent a close frame; these are its bytes (decoded later).
     Closed(Vec<u8>),
@@ -75,6 +115,8 @@ pub enum PumpEnd {
     WriteGone,
     /// The read side sent a message over the size limit.
     TooBig,
+    /// [`Halt::halt`] was called.
+    Halted,
 }
 
 /// Byte counters one pump adds to.
@@ -87,33 +129,38 @@ pub struct PumpCounters<'a> {
     pub activity: &'a Activity,
 }
 
-/// Moves frames from `rx` (the `from` side) to `tx` until `rx` closes or fails,
-/// pinging the side it writes to every `ping_interval`.
+/// Moves frames from `rx` to `tx` until `rx` closes or fails or `halt` is
+/// called, pinging the side it writes to every `ping_interval`. `scanner`
+/// (which knows the side `rx` belongs to) is left describing what was
+/// written: between frames, or inside a payload with bytes still to come.
 pub async fn pump<R, W>(
     rx: &mut R,
     tx: &mut W,
-    from: Side,
-    max_message: u64,
+    scanner: &mut FrameScanner,
     ping_interval: Duration,
+    halt: &Halt,
     counters: PumpCounters<'_>,
 ) -> PumpEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let towards = match from {
+    let towards = match scanner.side() {
         Side::Client => Side::Upstream,
         Side::Upstream => Side::Client,
     };
-    let mut scanner = FrameScanner::new(from, max_message);
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A ping may only go between two frames of the relayed stream.
     let mut ping_due = false;
+    // The start of a frame header that has not been forwarded yet.
+    let mut carry = [0u8; MAX_HEADER];
+    let mut carry_len = 0;
     loop {
         let read = tokio::select! {
-            read = read_pooled(rx) => read,
+            read = read_pooled(rx, &carry[..carry_len]) => read,
+            _ = halt.halted() => return PumpEnd::Halted,
             _ = ping.tick() => {
                 ping_due = true;
                 if scanner.at_boundary() {
@@ -133,34 +180,31 @@ where
             }
             Err(_) => return PumpEnd::ReadGone,
         };
-        let (found, data) = scanner.scan(&mut buf[..n]);
-        let forward = match found {
-            Found::Nothing => n,
-            Found::Close(at) => at,
-            Found::TooBig | Found::Broken => {
-                give_buffer(buf);
-                return if found == Found::TooBig {
-                    PumpEnd::TooBig
-                } else {
-                    PumpEnd::ReadGone
-                };
-            }
-        };
-        if forward > 0 && write(tx, &buf[..forward]).await.is_err() {
+        let scan = scanner.scan(&mut buf[..n]);
+        if scan.forward > 0 && write(tx, &buf[..scan.forward]).await.is_err() {
             give_buffer(buf);
             return PumpEnd::WriteGone;
         }
-        if data > 0 {
-            counters.count.fetch_add(data, Ordering::Relaxed);
-            counters.metric.inc_by(data);
+        if scan.data > 0 {
+            counters.count.fetch_add(scan.data, Ordering::Relaxed);
+            counters.metric.inc_by(scan.data);
             counters.activity.touch();
         }
-        if let Found::Close(at) = found {
-            let rest = buf[at..n].to_vec();
-            give_buffer(buf);
-            return PumpEnd::Closed(rest);
-        }
+        let rest = &buf[scan.forward..n];
+        let end = match scan.found {
+            Found::Nothing => {
+                carry_len = rest.len();
+                carry[..carry_len].copy_from_slice(rest);
+                None
+            }
+            Found::Close => Some(PumpEnd::Closed(rest.to_vec())),
+            Found::TooBig => Some(PumpEnd::TooBig),
+            Found::Broken => Some(PumpEnd::ReadGone),
+        };
         give_buffer(buf);
+        if let Some(end) = end {
+            return end;
+        }
         if ping_due && scanner.at_boundary() {
             ping_due = false;
             if write(tx, &ping_frame(towards)).await.is_err() {
@@ -168,6 +212,18 @@ where
             }
         }
     }
+}
+
+/// Finishes a frame cut off mid-payload with `len` zero bytes, so that a
+/// close frame can follow.
+pub async fn finish_frame<W: AsyncWrite + Unpin>(tx: &mut W, mut len: u64) -> std::io::Result<()> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        tx.write_all(&ZEROS[..n]).await?;
+        len -= n as u64;
+    }
+    tx.flush().await
 }
 
 async fn write<W: AsyncWrite + Unpin>(tx: &mut W, bytes: &[u8]) -> std::io::Result<()> {

@@ -68,8 +68,29 @@ struct Running {
 }
 
 async fn run(settings: SpliceSettings) -> Running {
-    let (browser, client) = browser_pair().await;
     let (vm, upstream) = vm_pair().await;
+    let (browser, counts, stop, end) = run_with_upstream(settings, upstream).await;
+    Running {
+        browser,
+        vm,
+        counts,
+        stop: Some(stop),
+        end,
+    }
+}
+
+/// Starts a splice whose VM side is `upstream`'s other end, driven by the
+/// caller (as raw bytes if it likes).
+async fn run_with_upstream(
+    settings: SpliceSettings,
+    upstream: DuplexStream,
+) -> (
+    Peer,
+    Arc<ByteCounts>,
+    tokio::sync::oneshot::Sender<Refusal>,
+    tokio::task::JoinHandle<SpliceEnd>,
+) {
+    let (browser, client) = browser_pair().await;
     let counts = Arc::new(ByteCounts::default());
     let (tx, rx) = tokio::sync::oneshot::channel::<Refusal>();
     let task_counts = counts.clone();
@@ -86,12 +107,37 @@ async fn run(settings: SpliceSettings) -> Running {
         )
         .await
     });
-    Running {
-        browser,
-        vm,
-        counts,
-        stop: Some(tx),
-        end,
+    (browser, counts, tx, end)
+}
+
+/// The first half of a binary frame of `len` bytes of 7s, as KubeVirt
+/// would send it (unmasked), cut where a read might end.
+fn half_a_frame(len: usize) -> Vec<u8> {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let frame = Frame::message(vec![7u8; len], OpCode::Data(Data::Binary), true);
+    let mut bytes = Vec::new();
+    frame.format(&mut bytes).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    bytes
+}
+
+/// The browser receives one message of `len` bytes (the cut-off frame,
+/// finished with filler) and then a close frame, which is returned.
+async fn message_then_close(browser: &mut Peer, len: usize) -> CloseFrame {
+    match next_data(browser).await {
+        Message::Binary(b) => {
+            assert_eq!(b.len(), len);
+            assert!(
+                b[..len / 4].iter().all(|&x| x == 7),
+                "the data sent is intact"
+            );
+        }
+        other => panic!("expected the cut-off message, got {other:?}"),
+    }
+    match next_data(browser).await {
+        Message::Close(Some(f)) => f,
+        other => panic!("expected a close frame, got {other:?}"),
     }
 }
 
@@ -287,4 +333,57 @@ async fn a_slow_reader_holds_back_the_sender_instead_of_growing_memory() {
         }
     }
     assert_eq!(got, sent * chunk.len());
+}
+
+#[tokio::test]
+async fn a_session_stopped_mid_frame_still_tells_the_browser_why() {
+    use tokio::io::AsyncWriteExt;
+    let (mut vm, upstream) = tokio::io::duplex(1024 * 1024);
+    let (mut browser, _counts, stop, end) = run_with_upstream(settings(), upstream).await;
+    // A screen update is half relayed when the lab is revoked.
+    vm.write_all(&half_a_frame(100_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.send(Refusal::Revoked).unwrap();
+    let frame = message_then_close(&mut browser, 100_000).await;
+    assert_eq!(u16::from(frame.code), 4009, "{}", frame.reason);
+    assert_eq!(end.await.unwrap(), SpliceEnd::Stopped(Refusal::Revoked));
+}
+
+#[tokio::test]
+async fn a_vm_side_lost_mid_frame_is_still_reported() {
+    use tokio::io::AsyncWriteExt;
+    let (mut vm, upstream) = tokio::io::duplex(1024 * 1024);
+    let (mut browser, _counts, _stop, end) = run_with_upstream(settings(), upstream).await;
+    // KubeVirt drops a viewer that was taken over in the middle of a frame.
+    vm.write_all(&half_a_frame(100_000)).await.unwrap();
+    vm.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(vm);
+    let frame = message_then_close(&mut browser, 100_000).await;
+    assert_eq!(u16::from(frame.code), 4007, "{}", frame.reason);
+    assert_eq!(
+        end.await.unwrap(),
+        SpliceEnd::UpstreamGone(Refusal::TakenOver)
+    );
+}
+
+#[tokio::test]
+async fn a_browser_that_reads_nothing_cannot_hold_a_stopped_session_open() {
+    let mut s = run(settings()).await;
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    // Fill every buffer towards the browser, which never reads.
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            s.vm.send(Message::Binary(chunk.clone())).await.unwrap();
+        }
+    })
+    .await;
+    s.stop.take().unwrap().send(Refusal::Revoked).unwrap();
+    // The pump stuck writing to the browser is given up on after the close
+    // timeout (1 s here); the session ends anyway.
+    let end = tokio::time::timeout(Duration::from_secs(4), s.end)
+        .await
+        .expect("the splice ends despite the stuck browser")
+        .unwrap();
+    assert_eq!(end, SpliceEnd::Stopped(Refusal::Revoked));
 }
