@@ -15,6 +15,9 @@ pub struct Grant {
     pub user: String,
     /// The lab namespace.
     pub namespace: String,
+    /// The lab's owner when the session was granted: a lab handed to
+    /// someone else ends every session into it, members' included.
+    pub owner: String,
     /// Token expiry (seconds since the epoch): the session ends then.
     pub token_exp: u64,
 }
@@ -34,10 +37,11 @@ pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Gra
     if !in_scope {
         return Err(Refusal::NotYours);
     }
-    check_membership(&route.namespace, &claims.sub, index, Refusal::NoSuchLab)?;
+    let owner = check_membership(&route.namespace, &claims.sub, index, Refusal::NoSuchLab)?;
     Ok(Grant {
         user: claims.sub.clone(),
         namespace: route.namespace.clone(),
+        owner,
         token_exp: claims.exp,
     })
 }
@@ -45,21 +49,25 @@ pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Gra
 /// Re-checks a live session's grant after its lab changed.
 ///
 /// # Errors
-/// [`Refusal::Revoked`] when the lab is gone or no longer admits the user.
+/// [`Refusal::Revoked`] when the lab is gone, has another owner now, or no
+/// longer admits the user.
 pub fn recheck(grant: &Grant, index: &LabIndex) -> Result<(), Refusal> {
-    check_membership(&grant.namespace, &grant.user, index, Refusal::Revoked)
-        .map_err(|_| Refusal::Revoked)
+    match check_membership(&grant.namespace, &grant.user, index, Refusal::Revoked) {
+        Ok(owner) if owner == grant.owner => Ok(()),
+        _ => Err(Refusal::Revoked),
+    }
 }
 
+/// The lab's owner, if the lab exists and admits `user`.
 fn check_membership(
     namespace: &str,
     user: &str,
     index: &LabIndex,
     missing: Refusal,
-) -> Result<(), Refusal> {
+) -> Result<String, Refusal> {
     match index.get(namespace).as_deref() {
         None | Some(LabEntry::Malformed(_)) => Err(missing),
-        Some(LabEntry::Lab(lab)) if lab.admits(user) => Ok(()),
+        Some(LabEntry::Lab(lab)) if lab.admits(user) => Ok(lab.owner.clone()),
         Some(LabEntry::Lab(_)) => Err(Refusal::NotYours),
     }
 }
@@ -156,19 +164,33 @@ mod tests {
 
     #[test]
     fn recheck_revokes_on_removal_and_owner_change() {
-        let index = setup();
-        let grant = authorize(&route("lab-a", ConsoleKind::Vnc), &claims("alice"), &index).unwrap();
-        assert_eq!(recheck(&grant, &index), Ok(()));
-        index.upsert(
-            "lab-a",
+        let lab = |owner: &str, members: &[&str]| {
             LabEntry::Lab(Lab {
                 namespace: "lab-a".into(),
-                owner: "bob".into(),
-                members: vec![],
-            }),
-        );
-        assert_eq!(recheck(&grant, &index), Err(Refusal::Revoked));
+                owner: owner.into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            })
+        };
+        let index = setup();
+        let r = route("lab-a", ConsoleKind::Vnc);
+        let alice = authorize(&r, &claims("alice"), &index).unwrap();
+        let tutor = authorize(&r, &claims("tutor"), &index).unwrap();
+        assert_eq!(recheck(&alice, &index), Ok(()));
+
+        // Another member added: nobody loses access.
+        index.upsert("lab-a", lab("alice", &["tutor", "bob"]));
+        assert_eq!(recheck(&alice, &index), Ok(()));
+        assert_eq!(recheck(&tutor, &index), Ok(()));
+
+        // Given to bob, even with alice and the tutor kept as members: the
+        // lab changed hands, so every session into it ends.
+        index.upsert("lab-a", lab("bob", &["alice", "tutor"]));
+        assert_eq!(recheck(&alice, &index), Err(Refusal::Revoked));
+        assert_eq!(recheck(&tutor, &index), Err(Refusal::Revoked));
+
+        let bobs = authorize(&r, &claims("bob"), &index).unwrap();
+        assert_eq!(recheck(&bobs, &index), Ok(()));
         index.remove("lab-a");
-        assert_eq!(recheck(&grant, &index), Err(Refusal::Revoked));
+        assert_eq!(recheck(&bobs, &index), Err(Refusal::Revoked));
     }
 }

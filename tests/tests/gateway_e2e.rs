@@ -220,12 +220,13 @@ async fn missing_and_stopped_vms_get_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_or_relabelling_the_lab_closes_sessions_within_a_second() {
     let env = start(Options::default()).await.unwrap();
-    // Owner change: bob's lab given to carol.
+    // Owner change: bob's lab given to carol. Keeping bob on as a member does
+    // not keep his session: the lab changed hands.
     let mut bob_vnc = env.open("lab-bob", "vm1", "vnc", &env.token(BOB)).await;
     rfb_handshake(&mut bob_vnc).await;
     let t0 = Instant::now();
     env.standin
-        .lab_namespace("lab-bob", "carol@example.com", &[]);
+        .lab_namespace("lab-bob", "carol@example.com", &[BOB]);
     let frame = expect_close(&mut bob_vnc, Duration::from_secs(1))
         .await
         .unwrap();
@@ -256,7 +257,7 @@ async fn deleting_or_relabelling_the_lab_closes_sessions_within_a_second() {
 
     // Removing the lab label un-labels (watch sees DELETED): also revoked.
     env.standin.lab_namespace("lab-bob", BOB, &[]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_admitted(&env, "lab-bob", BOB).await;
     let mut again = env.open("lab-bob", "vm1", "console", &env.token(BOB)).await;
     again
         .send(Message::Binary(Bytes::from_static(b"echo back-$((2+2))\r")))
@@ -274,6 +275,24 @@ async fn deleting_or_relabelling_the_lab_closes_sessions_within_a_second() {
         .unwrap();
     assert_eq!(u16::from(frame.code), 4009);
     assert!(t0.elapsed() < Duration::from_secs(1));
+}
+
+/// Waits until the gateway's index lets `user` into `lab` (a plain request
+/// then gets 426 "open this as a websocket" instead of a refusal).
+async fn wait_until_admitted(env: &Env, lab: &str, user: &str) {
+    let path = format!("/labs/{lab}/vm1/console/{}", env.token(user));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = env.http(&path, &[]).await.unwrap();
+        if status == 426 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} still not admitted to {lab}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
