@@ -109,8 +109,8 @@ pub struct Config {
 
     // --- Kubernetes ----------------------------------------------------------
     /// Kubeconfig file for running outside the cluster. Without it (and
-    /// without --kube-api-url) the in-cluster service account is used, or
-    /// $KUBECONFIG / ~/.kube/config.
+    /// without --kube-api-url) $KUBECONFIG or ~/.kube/config is used if
+    /// present, else the in-cluster service account.
     #[arg(long, env = "LABGATE_GATEWAY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 

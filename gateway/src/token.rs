@@ -108,6 +108,12 @@ pub enum KeyError {
     NoKeyFor(Algorithm),
     #[error("no token algorithms configured")]
     NoAlgorithms,
+    #[error(
+        "HMAC secret in {path} is {len} bytes; at least {MIN_HMAC_SECRET} are needed (RFC 7518 3.2), \
+         e.g. `head -c 32 /dev/urandom > {path}`",
+        path = path.display()
+    )]
+    WeakSecret { path: PathBuf, len: usize },
 }
 
 struct LoadedKey {
@@ -274,6 +280,9 @@ impl TokenVerifier {
     }
 }
 
+/// The shortest HMAC secret accepted: as long as the SHA-256 output.
+pub const MIN_HMAC_SECRET: usize = 32;
+
 fn load_keys(settings: &TokenSettings) -> Result<Vec<LoadedKey>, KeyError> {
     if settings.algorithms.is_empty() {
         return Err(KeyError::NoAlgorithms);
@@ -293,6 +302,13 @@ fn load_keys(settings: &TokenSettings) -> Result<Vec<LoadedKey>, KeyError> {
             if secret.ends_with(b"\r") {
                 secret.pop();
             }
+        }
+        // An empty or short secret would let anyone guess it and sign tokens.
+        if secret.len() < MIN_HMAC_SECRET {
+            return Err(KeyError::WeakSecret {
+                path: file.path.clone(),
+                len: secret.len(),
+            });
         }
         keys.push(LoadedKey {
             kid: file.kid.clone(),
@@ -333,9 +349,16 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
 
+    const SECRET: &[u8] = b"s3cret-s3cret-s3cret-s3cret-s3cret";
+    const OTHER: &[u8] = b"other-secret-0123456789abcdef-0123";
+
     fn settings(dir: &std::path::Path) -> TokenSettings {
-        std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
-        std::fs::write(dir.join("other"), "other-secret").unwrap();
+        std::fs::write(
+            dir.join("secret"),
+            format!("{}\n", str::from_utf8(SECRET).unwrap()),
+        )
+        .unwrap();
+        std::fs::write(dir.join("other"), OTHER).unwrap();
         TokenSettings {
             algorithms: vec![Algorithm::HS256],
             hmac_secret_files: vec![
@@ -367,7 +390,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let v = TokenVerifier::new(settings(dir.path()), metrics.clone()).unwrap();
-        let t = sign(good_claims(), b"s3cret", Algorithm::HS256);
+        let t = sign(good_claims(), SECRET, Algorithm::HS256);
         assert_eq!(v.verify(&t).await.unwrap().sub, "alice");
         assert_eq!(v.verify(&t).await.unwrap().sub, "alice");
         assert_eq!(metrics.token_cache_hits.get(), 1);
@@ -381,7 +404,7 @@ mod tests {
         let mut expired = good_claims();
         expired["exp"] = json!(now_secs() - 60);
         assert_eq!(
-            v.verify(&sign(expired, b"s3cret", Algorithm::HS256)).await,
+            v.verify(&sign(expired, SECRET, Algorithm::HS256)).await,
             Err(TokenError::Expired)
         );
         let mut future = good_claims();
@@ -390,13 +413,22 @@ mod tests {
         wrong_aud["aud"] = json!("someone-else");
         let mut no_sub = good_claims();
         no_sub.as_object_mut().unwrap().remove("sub");
+        let mut wrong_iss = good_claims();
+        wrong_iss["iss"] = json!("elsewhere");
+        let mut no_iss = good_claims();
+        no_iss.as_object_mut().unwrap().remove("iss");
+        let mut no_exp = good_claims();
+        no_exp.as_object_mut().unwrap().remove("exp");
         let cases = [
-            sign(future, b"s3cret", Algorithm::HS256),
-            sign(wrong_aud, b"s3cret", Algorithm::HS256),
-            sign(no_sub, b"s3cret", Algorithm::HS256),
-            sign(good_claims(), b"other-secret", Algorithm::HS256),
+            sign(wrong_iss, SECRET, Algorithm::HS256),
+            sign(no_iss, SECRET, Algorithm::HS256),
+            sign(no_exp, SECRET, Algorithm::HS256),
+            sign(future, SECRET, Algorithm::HS256),
+            sign(wrong_aud, SECRET, Algorithm::HS256),
+            sign(no_sub, SECRET, Algorithm::HS256),
+            sign(good_claims(), OTHER, Algorithm::HS256),
             // Right secret, algorithm not pinned.
-            sign(good_claims(), b"s3cret", Algorithm::HS512),
+            sign(good_claims(), SECRET, Algorithm::HS512),
             "not-a-jwt".to_string(),
         ];
         for t in cases {
@@ -424,28 +456,45 @@ mod tests {
         let v = TokenVerifier::new(s, Arc::new(Metrics::new())).unwrap();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k2".into());
-        let t = encode(
-            &header,
-            &good_claims(),
-            &EncodingKey::from_secret(b"other-secret"),
-        )
-        .unwrap();
+        let t = encode(&header, &good_claims(), &EncodingKey::from_secret(OTHER)).unwrap();
         assert!(v.verify(&t).await.is_ok());
         header.kid = Some("unknown".into());
-        let t2 = encode(
-            &header,
-            &good_claims(),
-            &EncodingKey::from_secret(b"other-secret"),
-        )
-        .unwrap();
+        let t2 = encode(&header, &good_claims(), &EncodingKey::from_secret(OTHER)).unwrap();
         assert_eq!(v.verify(&t2).await, Err(TokenError::Invalid));
 
         // Rotate k2: old tokens stop working even though they were cached.
         let mut stamps = v.key_file_stamps();
         std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(dir.path().join("other"), "rotated-secret-longer").unwrap();
+        std::fs::write(
+            dir.path().join("other"),
+            "rotated-secret-0123456789abcdef-0123",
+        )
+        .unwrap();
         v.reload_if_changed(&mut stamps).await;
         assert_eq!(v.verify(&t).await, Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn short_or_empty_hmac_secrets_are_refused_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        for secret in ["", "\n", "short-secret\n"] {
+            let s = TokenSettings {
+                hmac_secret_files: vec![KeyFile {
+                    kid: None,
+                    path: dir.path().join("secret"),
+                }],
+                ..settings(dir.path())
+            };
+            // After settings(), which writes a good secret there.
+            std::fs::write(dir.path().join("secret"), secret).unwrap();
+            match TokenVerifier::new(s, Arc::new(Metrics::new())) {
+                Err(e @ KeyError::WeakSecret { .. }) => {
+                    assert!(e.to_string().contains("at least 32"), "{e}")
+                }
+                Err(e) => panic!("{secret:?}: wrong error {e}"),
+                Ok(_) => panic!("{secret:?} accepted as an HMAC secret"),
+            }
+        }
     }
 
     /// Public-key tokens: EC and Ed25519 keys from rcgen, RSA from openssl.

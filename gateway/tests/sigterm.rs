@@ -55,7 +55,7 @@ async fn sigterm_drains_sessions_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = standin.write_kubeconfig(dir.path(), &standin.gateway_token());
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, "sigterm-test-secret").unwrap();
+    std::fs::write(&secret, "sigterm-test-secret-0123456789abcdef").unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_labgate-gateway"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -100,7 +100,7 @@ async fn sigterm_drains_sessions_then_exits() {
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"sub": "alice@example.com", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(b"sigterm-test-secret"),
+        &jsonwebtoken::EncodingKey::from_secret(b"sigterm-test-secret-0123456789abcdef"),
     )
     .unwrap();
     let url = format!("ws://{addr}/labs/lab-1/vm1/console/{token}");
@@ -167,5 +167,5 @@ async fn sigterm_drains_sessions_then_exits() {
     let logs = lines.lock().unwrap().join("\n");
     assert!(logs.contains("session ended"), "audit line written: {logs}");
     assert!(!logs.contains(&token), "a token reached the logs");
-    assert!(!logs.contains("sigterm-test-secret"));
+    assert!(!logs.contains("sigterm-test-secret-0123456789abcdef"));
 }
