@@ -209,11 +209,24 @@ async fn missing_and_stopped_vms_get_clear_errors() {
         ("ghost", "vnc", 4005),
         ("stopped", "vnc", 4006),
         ("stopped", "console", 4006),
+        ("failed", "vnc", 4006),
+        ("failed", "console", 4006),
         ("headless", "vnc", 4006),
     ] {
         let mut ws = env.open("lab-alice", vm, kind, &token).await;
         let reason = assert_refused(&mut ws, code).await;
-        assert!(reason.contains("VM"), "{reason}");
+        assert!(reason.contains("VM"), "{vm}/{kind}: {reason}");
+    }
+    // Each of them was asked of the stand-in (these are KubeVirt's answers,
+    // not the gateway's guesses), and none reached an upstream.
+    let calls = env.standin.requests();
+    for vm in ["ghost", "stopped", "failed", "headless"] {
+        assert!(
+            calls
+                .iter()
+                .any(|r| r.path.contains(&format!("/virtualmachineinstances/{vm}/"))),
+            "no subresource request for {vm}"
+        );
     }
 }
 
@@ -421,11 +434,11 @@ async fn limits_idle_and_token_expiry_end_sessions() {
     assert_eq!(u16::from(frame.code), 4011);
 
     // A token that expires mid-session ends it.
-    let short = env.sign(json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() + 2}));
+    let short = env.sign(json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() + 3}));
     let mut ws = env.open("lab-alice", "vm1", "vnc", &short).await;
     rfb_handshake(&mut ws).await;
     // Keep data flowing so idleness is not the cause.
-    let frame = tokio::time::timeout(Duration::from_secs(6), async {
+    let frame = tokio::time::timeout(Duration::from_secs(8), async {
         loop {
             let req = [3u8, 1, 0, 0, 0, 0, 0, 8, 0, 8];
             let _ = ws.send(Message::Binary(req.to_vec().into())).await;
@@ -450,9 +463,18 @@ async fn metrics_pass_promtool() {
     ws.close(None).await.unwrap();
     let mut refused = env.open("lab-bob", "vm1", "vnc", &env.token(ALICE)).await;
     assert_refused(&mut refused, 4003).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, text) = env.http("/metrics", &[]).await.unwrap();
-    assert_eq!(status, 200);
+    // The closed session is counted once its splice has finished closing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (status, text) = env.http("/metrics", &[]).await.unwrap();
+        assert_eq!(status, 200);
+        if text.contains("labgate_gateway_sessions_total{kind=\"vnc\",outcome=\"ok\"}")
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     labgate_tests::promtool::assert_clean(&text);
     let value = |prefix: &str| -> f64 {

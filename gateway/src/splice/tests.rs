@@ -283,13 +283,13 @@ async fn oversized_messages_get_1009() {
 #[tokio::test]
 async fn idle_sessions_end() {
     let mut s = run(SpliceSettings {
-        idle_timeout: Some(Duration::from_millis(200)),
+        idle_timeout: Some(Duration::from_millis(600)),
         ..settings()
     })
     .await;
-    // Activity pushes the deadline out.
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Activity pushes the deadline out: 900 ms in, the session still runs.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
         s.browser
             .send(Message::Binary(Bytes::from_static(b"k")))
             .await

@@ -131,15 +131,21 @@ pub async fn start(options: Options) -> anyhow::Result<Env> {
     } else {
         (None, None)
     };
-    standin.add_vmi(
-        "lab-alice",
-        "stopped",
-        Vmi {
-            phase: "Stopped".into(),
-            vnc: None,
-            console: None,
-        },
-    );
+    // Not running yet, and failed: both have a screen and a console, so the
+    // stand-in answers with the phase checks (400 "VMI is not running",
+    // 409 "VMI is in failed status" for the console), never dialing these.
+    let never_dialed = || Some(UpstreamAddr::Unix("/nonexistent/labgate-test".into()));
+    for (name, phase) in [("stopped", "Scheduled"), ("failed", "Failed")] {
+        standin.add_vmi(
+            "lab-alice",
+            name,
+            Vmi {
+                phase: phase.into(),
+                vnc: never_dialed(),
+                console: never_dialed(),
+            },
+        );
+    }
 
     let dir = tempfile::tempdir()?;
     let secret = b"labgate-test-secret-0123456789abcdef".to_vec();
