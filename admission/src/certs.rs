@@ -263,9 +263,22 @@ pub fn issue_leaf(
     Ok((cert.pem(), key.serialize_pem(), params.not_after))
 }
 
+/// Who may read a file written by [`write_atomic`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Default permissions (certificates are public).
+    Public,
+    /// Owner read/write only (`0600`): private keys.
+    OwnerOnly,
+}
+
 /// Writes `contents` to `path` atomically (temp file + rename), so the
-/// reloader never sees a half-written file.
-fn write_atomic(path: &Path, contents: &str) -> Result<(), CertError> {
+/// reloader never sees a half-written file. With [`Access::OwnerOnly`] the
+/// temp file is created `0600` before anything is written to it, so the
+/// content is never readable by others, not even briefly, and the rename
+/// replaces any older file whatever its permissions were.
+fn write_atomic(path: &Path, contents: &str, access: Access) -> Result<(), CertError> {
+    use std::io::Write as _;
     let err = |source| CertError::Write {
         path: path.to_path_buf(),
         source,
@@ -274,7 +287,29 @@ fn write_atomic(path: &Path, contents: &str) -> Result<(), CertError> {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(err)?;
+    // A leftover temp file keeps its old mode when reopened; start afresh.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if access == Access::OwnerOnly {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(err)?;
+    #[cfg(unix)]
+    if access == Access::OwnerOnly {
+        // The mode above is filtered by the umask; make it exact.
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    file.write_all(contents.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
     std::fs::rename(&tmp, path).map_err(err)
 }
 
@@ -424,8 +459,8 @@ impl CertManager {
             let (cert, key, not_after) = issue_leaf(&ca, &self.leaf_names(), now)?;
             // Key first: the reloader only accepts a matching pair, so the
             // order only decides which half-state it rejects.
-            write_atomic(&self.settings.key_file, &key)?;
-            write_atomic(&self.settings.cert_file, &cert)?;
+            write_atomic(&self.settings.key_file, &key, Access::OwnerOnly)?;
+            write_atomic(&self.settings.cert_file, &cert, Access::Public)?;
             self.leaf = Some((ca.common_name.clone(), not_after));
             self.count("leaf-issued");
             tracing::info!(file = %self.settings.cert_file.display(), "issued a serving certificate");
@@ -503,5 +538,31 @@ mod tests {
             CaMaterial::from_secret(&foreign),
             Err(CertError::Foreign(_))
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_are_written_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("tls/tls.key");
+        // An older key readable by everyone, and a leftover temp file likewise.
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        for stale in [&key, &key.with_extension("tmp")] {
+            std::fs::write(stale, "old").unwrap();
+            std::fs::set_permissions(stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        write_atomic(&key, "-----BEGIN PRIVATE KEY-----\n", Access::OwnerOnly).unwrap();
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&key).unwrap(),
+            "-----BEGIN PRIVATE KEY-----\n"
+        );
+        assert!(!key.with_extension("tmp").exists());
+        // Certificates stay readable (the default mode, not forced to 0600).
+        let cert = dir.path().join("tls/tls.crt");
+        write_atomic(&cert, "cert", Access::Public).unwrap();
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "cert");
     }
 }

@@ -121,6 +121,16 @@ async fn self_managed_ca_is_stable_published_and_rotates_gracefully() {
         secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "labgate-admission"
     );
+    // The private key is readable by its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir1.path().join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "tls.key mode {mode:o}");
+    }
     let bundles = ca_bundles(&standin);
     assert_eq!(bundles.len(), 3);
     assert!(
