@@ -18,8 +18,11 @@ pub const STRICT_YAML: &str = include_str!("../manifests/isolation-networkpolicy
 /// Which egress rules the canonical policy carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EgressMode {
-    /// Namespace, cluster DNS and public internet; no private, shared or
-    /// link-local ranges (other namespaces, cluster services, cloud metadata).
+    /// Namespace, cluster DNS and every address outside the private, shared
+    /// and link-local ranges. It blocks by address only: other namespaces,
+    /// cluster services and cloud metadata on those ranges are cut off, but an
+    /// API server, node or load balancer with a public address stays reachable
+    /// (only [`EgressMode::Strict`] blocks those).
     #[default]
     Standard,
     /// Namespace and cluster DNS only.
