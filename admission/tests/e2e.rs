@@ -356,8 +356,44 @@ async fn workloads_wait_for_the_policy() {
         .unwrap();
 }
 
+/// A DELETE of the isolation policy in `ns`, by `user`, as the API server sends it
+/// (the recorded fixture, moved to `ns`).
+fn policy_delete_review(ns: &str, user: &str) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/networkpolicy-delete-during-namespace-termination.json");
+    let mut review: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    review["request"]["namespace"] = json!(ns);
+    review["request"]["oldObject"]["metadata"]["namespace"] = json!(ns);
+    review["request"]["userInfo"]["username"] = json!(user);
+    review
+}
+
+/// Sends `review` straight to the webhook and returns its response.
+async fn validate(h: &Harness, review: &serde_json::Value) -> serde_json::Value {
+    let (status, body) = https_request(
+        h.running.addr,
+        "localhost",
+        std::sync::Arc::new(h.ca.client_config()),
+        "POST",
+        "/validate",
+        serde_json::to_vec(review).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    answer["response"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_termination_lets_the_policy_go() {
+    use futures::FutureExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use labgate_admission::ClusterView;
+    use labgate_admission::decide::NamespaceState;
+    use labgate_tests::standin::NAMESPACE_CONTROLLER;
+
     // Only the namespace phase may explain the delete: the controller username
     // here is not the configured one (it differs between distributions).
     let h = Harness::start(&[
@@ -375,10 +411,75 @@ async fn namespace_termination_lets_the_policy_go() {
     );
     h.wait_cached_policy("lab-e").await;
 
+    // While the lab lives, the same DELETE is refused (the probe below is meaningful).
+    let probe = policy_delete_review("lab-e", STUDENT);
+    let response = validate(&h, &probe).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(
+        response["auditAnnotations"]["denied-rule"],
+        "policy-protected"
+    );
+
+    // Hold the namespace in Terminating until released: the stand-in removes a
+    // namespace only once all its content is deleted, and the namespace
+    // controller's DELETE of this ConfigMap waits in admission until then. No
+    // webhook matches ConfigMaps, so the hold says nothing about our rules.
+    let hold: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hold-termination"}
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(h.portal(), "lab-e")
+        .create(&PostParams::default(), &hold)
+        .await
+        .unwrap();
+    let released = tokio_util::sync::CancellationToken::new();
+    let (dispatcher, release) = (h.dispatcher.clone(), released.clone());
+    h.standin.set_admission_hook(Some(std::sync::Arc::new(
+        move |review: serde_json::Value| {
+            let r = &review["request"];
+            let held = r["operation"] == "DELETE"
+                && r["resource"]["resource"] == "configmaps"
+                && r["name"] == "hold-termination"
+                && r["userInfo"]["username"] == NAMESPACE_CONTROLLER;
+            let (dispatcher, release) = (dispatcher.clone(), release.clone());
+            async move {
+                if held {
+                    // Bounded, so a failing test cannot wedge the stand-in.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), release.cancelled()).await;
+                }
+                dispatcher(review).await
+            }
+            .boxed()
+        },
+    )));
+
     Api::<Namespace>::all(h.portal())
         .delete("lab-e", &DeleteParams::default())
         .await
         .unwrap();
+
+    // The namespace cannot disappear yet, so the webhook's cache gets to see it Terminating...
+    let cache = h.running.cache.clone();
+    let terminating = eventually(Duration::from_secs(5), || {
+        (cache.namespace("lab-e") == NamespaceState::Lab { terminating: true }).then_some(())
+    })
+    .await;
+    assert!(
+        terminating.is_some(),
+        "cache: {:?}",
+        cache.namespace("lab-e")
+    );
+    // ...and then a DELETE of the policy is allowed, whoever sends it.
+    let response = validate(&h, &probe).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(
+        h.standin.get_json("/api/v1/namespaces/lab-e").is_some(),
+        "the hold keeps the namespace until released"
+    );
+
+    // Let the namespace controller finish: the namespace is eventually gone.
+    released.cancel();
     let gone = eventually(Duration::from_secs(5), || {
         (h.standin.get_json("/api/v1/namespaces/lab-e").is_none()).then_some(())
     })
@@ -389,6 +490,10 @@ async fn namespace_termination_lets_the_policy_go() {
         h.denials()
     );
     assert!(h.standin.get_json(&policy_path("lab-e")).is_none());
+    // The namespace controller's policy DELETE went through the webhook and the
+    // last one was allowed. An earlier attempt may have been refused if it
+    // reached the webhook before its cache saw Terminating (the stand-in, like
+    // the real controller, retries); that is the only acceptable refusal.
     let policy_deletes: Vec<_> = h
         .dispatched
         .lock()
@@ -399,11 +504,25 @@ async fn namespace_termination_lets_the_policy_go() {
         })
         .cloned()
         .collect();
+    let last = policy_deletes
+        .last()
+        .expect("the policy DELETE went through the webhook");
     assert!(
-        !policy_deletes.is_empty(),
-        "the policy DELETE went through the webhook"
+        last.allowed,
+        "final policy DELETE refused: {:?}",
+        last.response
     );
-    assert!(policy_deletes.iter().all(|d| d.allowed));
+    assert_eq!(
+        last.review["request"]["userInfo"]["username"],
+        NAMESPACE_CONTROLLER
+    );
+    for refused in policy_deletes.iter().filter(|d| !d.allowed) {
+        assert_eq!(
+            refused.response["auditAnnotations"]["denied-rule"], "policy-protected",
+            "{:?}",
+            refused.response
+        );
+    }
     // The reconciler does not bring it back.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(h.standin.get_json(&policy_path("lab-e")).is_none());

@@ -18,7 +18,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use labgate_admission::{Config, Running, WEBHOOK_CONFIGURATION_YAML};
 use labgate_tests::certs::TestCa;
-use labgate_tests::standin::{StandIn, UserInfo};
+use labgate_tests::standin::{AdmissionHook, StandIn, UserInfo};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -217,13 +217,28 @@ pub fn install_dispatcher(
     standin: &StandIn,
     addr: SocketAddr,
     client: Arc<rustls::ClientConfig>,
-) -> Arc<Mutex<Vec<Dispatched>>> {
+) -> (AdmissionHook, Arc<Mutex<Vec<Dispatched>>>) {
+    let (hook, log) = dispatcher(standin, addr, client);
+    standin.set_admission_hook(Some(hook.clone()));
+    (hook, log)
+}
+
+/// The hook [`install_dispatcher`] installs (a test may wrap it) and its log.
+pub fn dispatcher(
+    standin: &StandIn,
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> (AdmissionHook, Arc<Mutex<Vec<Dispatched>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let vwc = Arc::new(webhook_configuration());
     let (standin_for_hook, log_for_hook) = (standin.clone(), log.clone());
-    standin.set_admission_hook(Some(Arc::new(move |review: Value| {
-        let (vwc, standin, log, client) =
-            (vwc.clone(), standin_for_hook.clone(), log_for_hook.clone(), client.clone());
+    let hook: AdmissionHook = Arc::new(move |review: Value| {
+        let (vwc, standin, log, client) = (
+            vwc.clone(),
+            standin_for_hook.clone(),
+            log_for_hook.clone(),
+            client.clone(),
+        );
         async move {
             for webhook in vwc.webhooks.iter().flatten() {
                 if !webhook_matches(webhook, &review, &standin) {
@@ -275,11 +290,21 @@ pub fn install_dispatcher(
             Ok(())
         }
         .boxed()
-    })));
-    log
+    });
+    (hook, log)
 }
 
+/// Serialises the tests of one test binary that start a [`Harness`]: the
+/// end-to-end tests have hard 1 s deadlines, and on a small CI machine (two
+/// cores) several stand-ins, reconcilers and webhooks started at once by the
+/// parallel test runner compete for the CPU. A tokio mutex is not poisoned, so
+/// a failing test does not fail the others.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A started labgate-admission against a fresh stand-in, with users registered.
+///
+/// Only one `Harness` exists at a time per test binary (see [`SERIAL`]); the
+/// next test's `Harness::start` waits until this one is dropped.
 pub struct Harness {
     pub standin: StandIn,
     pub running: Running,
@@ -287,6 +312,10 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub ca: TestCa,
     pub dispatched: Arc<Mutex<Vec<Dispatched>>>,
+    /// The installed dispatcher, for tests that wrap it in their own hook.
+    pub dispatcher: AdmissionHook,
+    /// Held for the test's lifetime; dropped after `Drop::drop` cancelled the service.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Drop for Harness {
@@ -299,6 +328,7 @@ impl Harness {
     /// Starts with `extra` flags appended to a base configuration.
     pub async fn start(extra: &[&str]) -> Harness {
         init();
+        let serial = SERIAL.lock().await;
         let standin = StandIn::start().await.expect("stand-in starts");
         standin.add_token(
             ADMISSION_TOKEN,
@@ -339,7 +369,8 @@ impl Harness {
         tokio::time::timeout(Duration::from_secs(10), running.cache.wait_ready())
             .await
             .expect("cache syncs");
-        let dispatched = install_dispatcher(&standin, running.addr, Arc::new(ca.client_config()));
+        let (dispatcher, dispatched) =
+            install_dispatcher(&standin, running.addr, Arc::new(ca.client_config()));
         Harness {
             standin,
             running,
@@ -347,6 +378,8 @@ impl Harness {
             dir,
             ca,
             dispatched,
+            dispatcher,
+            _serial: serial,
         }
     }
 
