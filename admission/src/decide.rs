@@ -184,6 +184,16 @@ pub fn kind_label(req: &AdmissionRequest<DynamicObject>) -> &'static str {
 /// (so are CONNECT and subresources of workloads); a request that concerns a
 /// lab but lacks the object the rule needs (e.g. a namespace UPDATE without
 /// `oldObject`) is denied with rule `malformed-request`.
+///
+/// Isolation-policy and workload requests reach the webhook only from
+/// namespaces the API server sees as labs (the `namespaceSelector`
+/// `labgate.io/lab In [true]` of `policies.` and `workloads.` in
+/// `policies/manifests/validating-webhook.yaml`, pinned by the manifest tests).
+/// So for them a cache answer of "not a lab" means the cache is behind (the
+/// namespace was just marked), and the request is decided as in a lab whose
+/// state is not confirmed yet: fail closed, never open. (The reverse lag, the
+/// API server still matching a namespace a portal has just unmarked, makes
+/// that denial spurious but brief: a retry no longer reaches the webhook.)
 pub fn decide(
     req: &AdmissionRequest<DynamicObject>,
     view: &(impl ClusterView + ?Sized),
@@ -369,12 +379,12 @@ fn decide_policy(
             "NetworkPolicy request without namespace",
         );
     };
-    // The webhook configuration only sends lab namespaces; a namespace the
-    // cache has not seen yet is treated as a lab so the window stays closed.
+    // The webhook configuration only sends lab namespaces (see `decide`): a
+    // namespace the cache has not seen yet, or still sees as not a lab, is
+    // behind the API server and treated as a live lab so the policy stays put.
     let terminating = match view.namespace(namespace) {
-        NamespaceState::NotLab => return Decision::allow(),
         NamespaceState::Lab { terminating } => terminating,
-        NamespaceState::Unknown => false,
+        NamespaceState::NotLab | NamespaceState::Unknown => false,
     };
     match req.operation {
         Operation::Delete => {
@@ -443,7 +453,15 @@ fn decide_workload(
     };
     let what = format!("{} in namespace {namespace:?}", req.kind.kind);
     match view.namespace(namespace) {
-        NamespaceState::NotLab => Decision::allow(),
+        // Only lab namespaces are sent (see `decide`): the cache is behind.
+        NamespaceState::NotLab => Decision::deny(
+            Rule::NamespaceNotSynced,
+            format!(
+                "cannot create {what}: the API server sees this namespace as a lab but \
+                 labgate-admission's view of it is not up to date yet, so its isolation \
+                 NetworkPolicy {ISOLATION_POLICY_NAME} cannot be confirmed; retry shortly"
+            ),
+        ),
         NamespaceState::Unknown => Decision::deny(
             Rule::NamespaceNotSynced,
             format!(
@@ -725,7 +743,8 @@ mod tests {
             ("delete while terminating (any user)", "DELETE", "lab-gone", name, kcm, &null, &canonical, Ok(())),
             ("delete by namespace controller", "DELETE", "lab-ok", name, controller, &null, &canonical, Ok(())),
             ("delete in unknown ns", "DELETE", "lab-fresh", name, STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
-            ("delete in plain ns", "DELETE", "plain", name, STUDENT, &null, &canonical, Ok(())),
+            ("delete where the cache lags (not a lab yet)", "DELETE", "plain", name, STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
+            ("weak create where the cache lags", "CREATE", "plain", name, STUDENT, &open, &null, Err(Rule::PolicyNameReserved)),
             ("delete other policy in lab", "DELETE", "lab-ok", "mine", STUDENT, &null, &canonical, Ok(())),
             ("update weakening", "UPDATE", "lab-ok", name, STUDENT, &open, &canonical, Err(Rule::PolicyImmutable)),
             ("update to other mode", "UPDATE", "lab-ok", name, STUDENT, &strict, &canonical, Err(Rule::PolicyImmutable)),
@@ -821,6 +840,8 @@ mod tests {
             ),
             Err(Rule::NamespaceNotSynced),
         );
+        // Only namespaces the API server sees as labs are sent: a cache that
+        // says "not a lab" is behind, and the gate stays closed.
         check(
             &review(
                 POD,
@@ -831,7 +852,7 @@ mod tests {
                 pod.clone(),
                 Value::Null,
             ),
-            Ok(()),
+            Err(Rule::NamespaceNotSynced),
         );
         check(
             &review(
@@ -917,6 +938,79 @@ mod tests {
             Value::Null,
         );
         check(&cm, Ok(()));
+    }
+
+    #[test]
+    fn a_cache_behind_the_api_server_fails_closed() {
+        // The namespace was just marked as a lab: the API server (whose
+        // namespaceSelector matched) sees the label, the watch-fed cache not yet.
+        let mut lagging = View::default();
+        lagging.namespaces.insert("lab-new", NamespaceState::NotLab);
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
+        for (resource, name) in [(POD, "p"), (VMI, "vm")] {
+            let req = review(
+                resource,
+                "CREATE",
+                Some("lab-new"),
+                name,
+                PORTAL_SA,
+                pod.clone(),
+                Value::Null,
+            );
+            let d = decide(&req, &lagging, &rules());
+            assert!(!d.allowed, "{d:?}");
+            assert_eq!(d.rule, Some(Rule::NamespaceNotSynced));
+            assert!(
+                d.message.contains("lab-new")
+                    && d.message.contains("not up to date")
+                    && d.message.contains(ISOLATION_POLICY_NAME)
+                    && d.message.ends_with("retry shortly"),
+                "{}",
+                d.message
+            );
+        }
+        // The isolation policy cannot be deleted or weakened through that lag.
+        let canonical = policy("lab-new", EgressMode::Standard);
+        let mut open = canonical.clone();
+        open["spec"]["policyTypes"] = json!(["Ingress"]);
+        open["spec"].as_object_mut().unwrap().remove("egress");
+        let delete = review(
+            NP,
+            "DELETE",
+            Some("lab-new"),
+            ISOLATION_POLICY_NAME,
+            STUDENT,
+            Value::Null,
+            canonical.clone(),
+        );
+        assert_eq!(
+            decide(&delete, &lagging, &rules()).rule,
+            Some(Rule::PolicyProtected)
+        );
+        let weaken = review(
+            NP,
+            "UPDATE",
+            Some("lab-new"),
+            ISOLATION_POLICY_NAME,
+            STUDENT,
+            open,
+            canonical.clone(),
+        );
+        assert_eq!(
+            decide(&weaken, &lagging, &rules()).rule,
+            Some(Rule::PolicyImmutable)
+        );
+        // The canonical policy itself can still be written (the reconciler's apply).
+        let apply = review(
+            NP,
+            "CREATE",
+            Some("lab-new"),
+            ISOLATION_POLICY_NAME,
+            STUDENT,
+            canonical,
+            Value::Null,
+        );
+        assert!(decide(&apply, &lagging, &rules()).allowed);
     }
 
     #[test]

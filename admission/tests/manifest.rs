@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use labgate_policies::LAB_LABEL;
 use labgate_policies::workloads::GATED_WORKLOADS;
 use labgate_tests::standin::StandIn;
 use serde_json::{Value, json};
@@ -100,6 +101,55 @@ fn the_workload_webhook_covers_every_gated_workload() {
             w.group, w.resource, hook.name
         );
     }
+}
+
+#[test]
+fn policy_and_workload_requests_come_only_from_lab_namespaces() {
+    // The decision reads a cache answer of "not a lab" for these requests as
+    // "the cache is behind" and denies (labgate_admission::decide): that is
+    // only right while every webhook that sends them selects lab namespaces.
+    let vwc = webhook_configuration();
+    let mut checked = 0;
+    for w in vwc.webhooks.unwrap() {
+        let covers = |group: &str, resource: &str| {
+            w.rules.iter().flatten().any(|r| {
+                r.api_groups
+                    .iter()
+                    .flatten()
+                    .any(|g| g == "*" || g == group)
+                    && r.resources
+                        .iter()
+                        .flatten()
+                        .any(|res| res == "*" || res == resource)
+            })
+        };
+        let relevant = covers("networking.k8s.io", "networkpolicies")
+            || GATED_WORKLOADS.iter().any(|g| covers(g.group, g.resource));
+        if !relevant {
+            continue;
+        }
+        checked += 1;
+        let selector = w
+            .namespace_selector
+            .clone()
+            .unwrap_or_else(|| panic!("{} has no namespaceSelector", w.name));
+        let by_expression = selector.match_expressions.iter().flatten().any(|e| {
+            e.key == LAB_LABEL
+                && e.operator == "In"
+                && e.values.as_deref() == Some(&["true".to_string()][..])
+        });
+        let by_label = selector
+            .match_labels
+            .as_ref()
+            .and_then(|l| l.get(LAB_LABEL))
+            .is_some_and(|v| v == "true");
+        assert!(
+            by_expression || by_label,
+            "{} must select only namespaces labelled {LAB_LABEL}=true",
+            w.name
+        );
+    }
+    assert_eq!(checked, 2, "the policies and workloads webhooks");
 }
 
 fn review(
