@@ -4,6 +4,14 @@
 //! each process issues its own leaf, writes it to the TLS files (picked up by
 //! the reloading resolver) and keeps the webhook's caBundle at "new CA + previous
 //! CA", so a CA rotation never breaks admission.
+//!
+//! A rotation takes two passes: the pass that makes the new CA publishes it in
+//! the caBundle (next to the old one) and keeps serving a leaf from the old CA
+//! (whose key the Secret keeps for that purpose); a leaf from the new CA is
+//! served only once this process has seen the new CA in the published caBundle
+//! for [`CA_PROPAGATION_DELAY`], i.e. on the next check. API servers load the
+//! changed webhook configuration in the meantime, so none of them is ever shown
+//! a leaf from a CA it does not trust yet.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,12 +41,23 @@ pub const LEAF_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often the CA, leaf and caBundle are re-checked.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a new CA must have been in the published caBundle before leaves
+/// are issued from it: time for every API server to load the changed webhook
+/// configuration (they watch it; seconds at most). Shorter than
+/// [`CHECK_INTERVAL`], so the switch happens on the pass after the publication.
+pub const CA_PROPAGATION_DELAY: Duration = Duration::from_secs(30);
+/// The previous CA signs the leaf during a rotation only while it stays valid
+/// at least this long; past that, the new CA signs at once.
+pub const PREVIOUS_CA_MIN_REMAINING: Duration = Duration::from_secs(3600);
 
 const CA_CERT_KEY: &str = "ca.crt";
 const CA_KEY_KEY: &str = "ca.key";
 const PREVIOUS_CA_KEY: &str = "ca-previous.crt";
+const PREVIOUS_CA_KEY_KEY: &str = "ca-previous.key";
 const NOT_AFTER_ANNOTATION: &str = "labgate.io/ca-not-after";
 const COMMON_NAME_ANNOTATION: &str = "labgate.io/ca-common-name";
+const PREVIOUS_NOT_AFTER_ANNOTATION: &str = "labgate.io/ca-previous-not-after";
+const PREVIOUS_COMMON_NAME_ANNOTATION: &str = "labgate.io/ca-previous-common-name";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "labgate-admission");
 
 /// Where the certificate material goes.
@@ -91,6 +110,31 @@ pub struct CaMaterial {
     pub not_after: i64,
     /// PEM of the CA it replaced, still trusted during the rotation.
     pub previous_pem: Option<String>,
+    /// What it takes to keep issuing leaves from the CA it replaced until the
+    /// new CA is trusted (absent in Secrets written before this was kept).
+    pub previous_signer: Option<PreviousSigner>,
+}
+
+/// Key, common name and expiry of the previous CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSigner {
+    /// PEM of its private key.
+    pub key_pem: String,
+    /// Its subject common name.
+    pub common_name: String,
+    /// Its expiry, unix seconds.
+    pub not_after: i64,
+}
+
+/// The CA a leaf is issued from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signer<'a> {
+    /// PEM of its private key.
+    pub key_pem: &'a str,
+    /// Its subject common name.
+    pub common_name: &'a str,
+    /// Its expiry, unix seconds (leaves never outlive it).
+    pub not_after: i64,
 }
 
 impl CaMaterial {
@@ -106,13 +150,32 @@ impl CaMaterial {
         bundle
     }
 
-    /// Generates a new CA valid from `now`.
+    /// The current CA as a signer.
+    pub fn signer(&self) -> Signer<'_> {
+        Signer {
+            key_pem: &self.key_pem,
+            common_name: &self.common_name,
+            not_after: self.not_after,
+        }
+    }
+
+    /// The previous CA as a signer, if its key was kept.
+    pub fn previous_signer(&self) -> Option<Signer<'_>> {
+        self.previous_signer.as_ref().map(|p| Signer {
+            key_pem: &p.key_pem,
+            common_name: &p.common_name,
+            not_after: p.not_after,
+        })
+    }
+
+    /// Generates a new CA valid from `now`, replacing `previous` (which stays
+    /// trusted in the bundle and may keep signing until the new CA is).
     ///
     /// # Errors
     /// [`CertError::Generate`] if rcgen fails.
     pub fn generate(
         now: OffsetDateTime,
-        previous_pem: Option<String>,
+        previous: Option<&CaMaterial>,
     ) -> Result<CaMaterial, CertError> {
         let common_name = format!("labgate-admission-ca-{}", now.unix_timestamp());
         let key = KeyPair::generate()?;
@@ -125,7 +188,12 @@ impl CaMaterial {
             key_pem: key.serialize_pem(),
             common_name,
             not_after: params.not_after.unix_timestamp(),
-            previous_pem,
+            previous_pem: previous.map(|p| p.cert_pem.clone()),
+            previous_signer: previous.map(|p| PreviousSigner {
+                key_pem: p.key_pem.clone(),
+                common_name: p.common_name.clone(),
+                not_after: p.not_after,
+            }),
         })
     }
 
@@ -150,6 +218,24 @@ impl CaMaterial {
                 ByteString(previous.clone().into_bytes()),
             );
         }
+        let mut annotations = BTreeMap::from([
+            (NOT_AFTER_ANNOTATION.to_string(), self.not_after.to_string()),
+            (COMMON_NAME_ANNOTATION.to_string(), self.common_name.clone()),
+        ]);
+        if let Some(signer) = &self.previous_signer {
+            data.insert(
+                PREVIOUS_CA_KEY_KEY.to_string(),
+                ByteString(signer.key_pem.clone().into_bytes()),
+            );
+            annotations.insert(
+                PREVIOUS_NOT_AFTER_ANNOTATION.to_string(),
+                signer.not_after.to_string(),
+            );
+            annotations.insert(
+                PREVIOUS_COMMON_NAME_ANNOTATION.to_string(),
+                signer.common_name.clone(),
+            );
+        }
         Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
@@ -158,10 +244,7 @@ impl CaMaterial {
                     MANAGED_BY.0.to_string(),
                     MANAGED_BY.1.to_string(),
                 )])),
-                annotations: Some(BTreeMap::from([
-                    (NOT_AFTER_ANNOTATION.to_string(), self.not_after.to_string()),
-                    (COMMON_NAME_ANNOTATION.to_string(), self.common_name.clone()),
-                ])),
+                annotations: Some(annotations),
                 ..Default::default()
             },
             data: Some(data),
@@ -205,6 +288,19 @@ impl CaMaterial {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| CertError::Incomplete(name.clone(), "no not-after annotation"))?,
             previous_pem: text(PREVIOUS_CA_KEY),
+            // All three or nothing: without them the previous CA is only trusted.
+            previous_signer: match (
+                text(PREVIOUS_CA_KEY_KEY),
+                annotation(PREVIOUS_COMMON_NAME_ANNOTATION),
+                annotation(PREVIOUS_NOT_AFTER_ANNOTATION).and_then(|v| v.parse().ok()),
+            ) {
+                (Some(key_pem), Some(common_name), Some(not_after)) => Some(PreviousSigner {
+                    key_pem,
+                    common_name,
+                    not_after,
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -229,17 +325,18 @@ fn ca_params(common_name: &str) -> CertificateParams {
     params
 }
 
-/// Issues a serving leaf for `names` from `ca`. Returns (cert PEM, key PEM, not-after).
+/// Issues a serving leaf for `names` from `ca`. Returns (cert PEM, key PEM,
+/// not-after); the leaf never outlives its CA.
 ///
 /// # Errors
 /// [`CertError::Generate`] if the CA key is unreadable or signing fails.
 pub fn issue_leaf(
-    ca: &CaMaterial,
+    ca: Signer<'_>,
     names: &[String],
     now: OffsetDateTime,
 ) -> Result<(String, String, OffsetDateTime), CertError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
-    let issuer = Issuer::new(ca_params(&ca.common_name), ca_key);
+    let ca_key = KeyPair::from_pem(ca.key_pem)?;
+    let issuer = Issuer::new(ca_params(ca.common_name), ca_key);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
     let mut dn = DistinguishedName::new();
@@ -252,7 +349,7 @@ pub fn issue_leaf(
     );
     params.distinguished_name = dn;
     params.not_before = now - Duration::from_secs(300);
-    params.not_after = now + LEAF_VALIDITY;
+    params.not_after = (now + LEAF_VALIDITY).min(unix(ca.not_after));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -313,12 +410,59 @@ fn write_atomic(path: &Path, contents: &str, access: Access) -> Result<(), CertE
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// What [`CertManager::publish_ca_bundle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleStatus {
+    /// Every webhook already carried the bundle.
+    Unchanged,
+    /// The configuration was updated to carry it.
+    Patched,
+    /// The configuration does not exist (yet): nobody relies on our caBundle.
+    Missing,
+    /// Concurrent writers kept conflicting; the next pass tries again.
+    Contended,
+}
+
+impl BundleStatus {
+    /// Whether the stored configuration is known to carry the bundle.
+    pub fn confirmed(self) -> bool {
+        matches!(self, BundleStatus::Unchanged | BundleStatus::Patched)
+    }
+}
+
+/// The CA that signs the serving leaf on this pass.
+///
+/// `trusted_since` is when this process first found the current CA in the
+/// published caBundle. The current CA signs once that is at least
+/// [`CA_PROPAGATION_DELAY`] ago, when there is no webhook configuration to
+/// wait for, or when there is no usable previous CA (none, its key not kept,
+/// or expiring within [`PREVIOUS_CA_MIN_REMAINING`]); otherwise the previous
+/// CA, which every API server already trusts, keeps signing.
+pub fn choose_signer(
+    ca: &CaMaterial,
+    bundle: BundleStatus,
+    trusted_since: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Signer<'_> {
+    let propagated = trusted_since.is_some_and(|since| now >= since + CA_PROPAGATION_DELAY);
+    if propagated || bundle == BundleStatus::Missing {
+        return ca.signer();
+    }
+    ca.previous_signer()
+        .filter(|p| unix(p.not_after) > now + PREVIOUS_CA_MIN_REMAINING)
+        .unwrap_or_else(|| ca.signer())
+}
+
 /// Keeps the CA Secret, the serving files and the caBundle current.
 pub struct CertManager {
     client: Client,
     settings: CertSettings,
     metrics: Metrics,
+    /// Issuing CA's common name and expiry of the leaf this process serves.
     leaf: Option<(String, OffsetDateTime)>,
+    /// The current CA's common name and when this process first found it in
+    /// the published caBundle.
+    bundle_since: Option<(String, OffsetDateTime)>,
 }
 
 impl CertManager {
@@ -329,6 +473,7 @@ impl CertManager {
             settings,
             metrics,
             leaf: None,
+            bundle_since: None,
         }
     }
 
@@ -383,7 +528,7 @@ impl CertManager {
                 if !ca.needs_rotation(now) {
                     return Ok(ca);
                 }
-                let rotated = CaMaterial::generate(now, Some(ca.cert_pem.clone()))?;
+                let rotated = CaMaterial::generate(now, Some(&ca))?;
                 let mut replacement = rotated.to_secret(name, &self.settings.namespace);
                 // Optimistic concurrency: a replica that rotated first wins.
                 replacement.metadata.resource_version = secret.metadata.resource_version.clone();
@@ -393,7 +538,7 @@ impl CertManager {
                 {
                     Ok(_) => {
                         self.count("ca-rotated");
-                        tracing::info!(secret = %name, "rotated the webhook CA; the old CA stays in the caBundle");
+                        tracing::info!(secret = %name, "rotated the webhook CA; the old CA stays in the caBundle and signs until the new one is published");
                         Ok(rotated)
                     }
                     Err(kube::Error::Api(s)) if s.is_conflict() => {
@@ -406,17 +551,17 @@ impl CertManager {
     }
 
     /// Sets `bundle` as the caBundle of every webhook in the configuration.
-    /// Returns whether anything changed; a missing configuration is not an error
-    /// (the chart may create it later; the next tick patches it).
+    /// A missing configuration is not an error (the chart may create it later;
+    /// the next tick patches it).
     ///
     /// # Errors
     /// [`CertError::Api`] on API errors.
-    pub async fn publish_ca_bundle(&self, bundle: &str) -> Result<bool, CertError> {
+    pub async fn publish_ca_bundle(&self, bundle: &str) -> Result<BundleStatus, CertError> {
         let api = Api::<ValidatingWebhookConfiguration>::all(self.client.clone());
         for _attempt in 0..3 {
             let Some(mut vwc) = api.get_opt(&self.settings.webhook_name).await? else {
                 tracing::debug!(name = %self.settings.webhook_name, "webhook configuration not found yet");
-                return Ok(false);
+                return Ok(BundleStatus::Missing);
             };
             let wanted = ByteString(bundle.as_bytes().to_vec());
             let mut changed = false;
@@ -427,7 +572,7 @@ impl CertManager {
                 }
             }
             if !changed {
-                return Ok(false);
+                return Ok(BundleStatus::Unchanged);
             }
             match api
                 .replace(&self.settings.webhook_name, &PostParams::default(), &vwc)
@@ -435,35 +580,56 @@ impl CertManager {
             {
                 Ok(_) => {
                     self.count("cabundle-patched");
-                    return Ok(true);
+                    return Ok(BundleStatus::Patched);
                 }
                 Err(kube::Error::Api(s)) if s.is_conflict() => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(false)
+        Ok(BundleStatus::Contended)
     }
 
-    /// One round: CA, caBundle (before the leaf, so the new CA is trusted first),
-    /// then the leaf if it is missing, near expiry or from another CA.
+    /// One round: CA, caBundle, then the leaf if it is missing, near expiry or
+    /// not from the CA [`choose_signer`] picks. After a rotation the new CA is
+    /// published on one pass and signs from a later one (see the module docs).
     ///
     /// # Errors
     /// [`CertError`]; the caller retries on the next tick.
     pub async fn tick(&mut self, now: OffsetDateTime) -> Result<(), CertError> {
         let ca = self.ensure_ca(now).await?;
-        self.publish_ca_bundle(&ca.bundle()).await?;
+        let bundle = self.publish_ca_bundle(&ca.bundle()).await?;
+        let known = self
+            .bundle_since
+            .as_ref()
+            .is_some_and(|(cn, _)| *cn == ca.common_name);
+        if bundle.confirmed() && !known {
+            self.bundle_since = Some((ca.common_name.clone(), now));
+        }
+        let trusted_since = self
+            .bundle_since
+            .as_ref()
+            .filter(|(cn, _)| *cn == ca.common_name)
+            .map(|(_, since)| *since);
+        let signer = choose_signer(&ca, bundle, trusted_since, now);
+        // Near expiry is renewed, unless the signer cannot give a longer-lived
+        // leaf (leaves stop with their CA; e.g. an old CA during a rotation).
         let fresh = self.leaf.as_ref().is_some_and(|(cn, not_after)| {
-            *cn == ca.common_name && now + LEAF_RENEW_BEFORE < *not_after
+            cn == signer.common_name
+                && (now + LEAF_RENEW_BEFORE < *not_after || unix(signer.not_after) <= *not_after)
         });
         if !fresh {
-            let (cert, key, not_after) = issue_leaf(&ca, &self.leaf_names(), now)?;
+            let (cert, key, not_after) = issue_leaf(signer, &self.leaf_names(), now)?;
             // Key first: the reloader only accepts a matching pair, so the
             // order only decides which half-state it rejects.
             write_atomic(&self.settings.key_file, &key, Access::OwnerOnly)?;
             write_atomic(&self.settings.cert_file, &cert, Access::Public)?;
-            self.leaf = Some((ca.common_name.clone(), not_after));
+            self.leaf = Some((signer.common_name.to_string(), not_after));
             self.count("leaf-issued");
-            tracing::info!(file = %self.settings.cert_file.display(), "issued a serving certificate");
+            tracing::info!(
+                file = %self.settings.cert_file.display(),
+                ca = signer.common_name,
+                "issued a serving certificate"
+            );
         }
         Ok(())
     }
@@ -487,23 +653,11 @@ impl CertManager {
 mod tests {
     use super::*;
 
-    #[test]
-    fn leaf_chains_to_the_stored_ca_and_rotation_keeps_the_old_ca() {
+    /// Whether `leaf_pem` verifies for `svc.ns.svc` with only `ca_pem` trusted.
+    fn verifies(leaf_pem: &str, ca_pem: &str) -> bool {
         use rustls::client::danger::ServerCertVerifier;
-        let now = OffsetDateTime::now_utc();
-        let ca = CaMaterial::generate(now, None).unwrap();
-        let secret = ca.to_secret("ca", "labgate-system");
-        assert_eq!(CaMaterial::from_secret(&secret).unwrap(), ca);
-        let (cert, key, _) = issue_leaf(
-            &ca,
-            &["svc.ns.svc".to_string(), "127.0.0.1".to_string()],
-            now,
-        )
-        .unwrap();
-
-        // A rustls client that trusts only the CA accepts the leaf.
         let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()) {
+        for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -511,14 +665,33 @@ mod tests {
             rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
                 .build()
                 .unwrap();
-        let leaf = rustls_pemfile::certs(&mut cert.as_bytes())
+        let leaf = rustls_pemfile::certs(&mut leaf_pem.as_bytes())
             .next()
             .unwrap()
             .unwrap();
         let name = rustls::pki_types::ServerName::try_from("svc.ns.svc").unwrap();
         verifier
             .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
-            .expect("leaf verifies against the stored CA");
+            .is_ok()
+    }
+
+    fn names() -> Vec<String> {
+        vec!["svc.ns.svc".to_string(), "127.0.0.1".to_string()]
+    }
+
+    #[test]
+    fn leaf_chains_to_the_stored_ca_and_rotation_keeps_the_old_ca() {
+        let now = OffsetDateTime::now_utc();
+        let ca = CaMaterial::generate(now, None).unwrap();
+        let secret = ca.to_secret("ca", "labgate-system");
+        assert_eq!(CaMaterial::from_secret(&secret).unwrap(), ca);
+        let (cert, key, _) = issue_leaf(ca.signer(), &names(), now).unwrap();
+
+        // A rustls client that trusts only the CA accepts the leaf.
+        assert!(
+            verifies(&cert, &ca.cert_pem),
+            "leaf verifies against the stored CA"
+        );
         assert!(
             rustls_pemfile::private_key(&mut key.as_bytes())
                 .unwrap()
@@ -527,10 +700,30 @@ mod tests {
 
         assert!(!ca.needs_rotation(now));
         assert!(ca.needs_rotation(now + CA_VALIDITY - CA_RENEW_BEFORE + Duration::from_secs(3600)));
-        let rotated = CaMaterial::generate(now, Some(ca.cert_pem.clone())).unwrap();
+        let rotated = CaMaterial::generate(now, Some(&ca)).unwrap();
         let bundle = rotated.bundle();
         assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
         assert!(bundle.starts_with(&rotated.cert_pem));
+        // The previous CA's key survives the round trip through the Secret,
+        // and leaves it issues still verify against the old CA alone.
+        let stored = CaMaterial::from_secret(&rotated.to_secret("ca", "labgate-system")).unwrap();
+        assert_eq!(stored, rotated);
+        let previous = stored.previous_signer().expect("previous CA can sign");
+        assert_eq!(previous.common_name, ca.common_name);
+        let (old_leaf, _, _) = issue_leaf(previous, &names(), now).unwrap();
+        assert!(verifies(&old_leaf, &ca.cert_pem));
+        assert!(!verifies(&old_leaf, &rotated.cert_pem));
+        assert!(verifies(&old_leaf, &bundle));
+        let (new_leaf, _, _) = issue_leaf(stored.signer(), &names(), now).unwrap();
+        assert!(!verifies(&new_leaf, &ca.cert_pem));
+        assert!(verifies(&new_leaf, &bundle));
+        // A leaf never outlives its CA.
+        let short = Signer {
+            not_after: (now + Duration::from_secs(7 * 24 * 3600)).unix_timestamp(),
+            ..previous
+        };
+        let (_, _, not_after) = issue_leaf(short, &names(), now).unwrap();
+        assert_eq!(not_after.unix_timestamp(), short.not_after);
 
         let mut foreign = secret.clone();
         foreign.metadata.labels = None;
@@ -538,6 +731,58 @@ mod tests {
             CaMaterial::from_secret(&foreign),
             Err(CertError::Foreign(_))
         ));
+    }
+
+    #[test]
+    fn the_new_ca_signs_only_after_it_has_been_published_for_a_while() {
+        let now = OffsetDateTime::now_utc();
+        let old = CaMaterial::generate(now - Duration::from_secs(300 * 24 * 3600), None).unwrap();
+        let new = CaMaterial::generate(now, Some(&old)).unwrap();
+        let (old_cn, new_cn) = (old.common_name.as_str(), new.common_name.as_str());
+        let later = now + CA_PROPAGATION_DELAY;
+        let signer = |ca, bundle, since, at| choose_signer(ca, bundle, since, at).common_name;
+
+        // The pass that published the new CA (or found it there for the first
+        // time, e.g. after a restart) keeps the old CA signing...
+        assert_eq!(signer(&new, BundleStatus::Patched, Some(now), now), old_cn);
+        assert_eq!(
+            signer(&new, BundleStatus::Unchanged, Some(now), now),
+            old_cn
+        );
+        // ...and so does a pass that could not confirm the publication.
+        assert_eq!(signer(&new, BundleStatus::Contended, None, later), old_cn);
+        // A later pass, once the bundle has carried it long enough, switches.
+        assert_eq!(
+            signer(&new, BundleStatus::Unchanged, Some(now), later),
+            new_cn
+        );
+        assert_eq!(
+            signer(
+                &new,
+                BundleStatus::Unchanged,
+                Some(now),
+                later - Duration::from_secs(1)
+            ),
+            old_cn
+        );
+        // No webhook configuration to wait for: the new CA at once.
+        assert_eq!(signer(&new, BundleStatus::Missing, None, now), new_cn);
+        // No previous CA (first start), or none that can sign: the current one.
+        assert_eq!(signer(&old, BundleStatus::Patched, Some(now), now), old_cn);
+        let mut keyless = new.clone();
+        keyless.previous_signer = None;
+        assert_eq!(
+            signer(&keyless, BundleStatus::Patched, Some(now), now),
+            new_cn
+        );
+        // An old CA about to expire does not sign.
+        let mut expiring = new.clone();
+        expiring.previous_signer.as_mut().unwrap().not_after =
+            (now + PREVIOUS_CA_MIN_REMAINING).unix_timestamp();
+        assert_eq!(
+            signer(&expiring, BundleStatus::Patched, Some(now), now),
+            new_cn
+        );
     }
 
     #[cfg(unix)]

@@ -82,6 +82,30 @@ fn config(dir: &std::path::Path) -> Config {
     Config::try_parse_from_args(&args)
 }
 
+/// Whether the first certificate in `leaf_pem` verifies for the service name
+/// with only the certificates in `ca_pem` trusted.
+fn verifies(leaf_pem: &str, ca_pem: &str) -> bool {
+    use rustls::client::danger::ServerCertVerifier;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots.into(),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let leaf = rustls_pemfile::certs(&mut leaf_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(SERVICE_NAME).unwrap();
+    verifier
+        .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
+        .is_ok()
+}
+
 async fn healthz(addr: std::net::SocketAddr, client: Arc<rustls::ClientConfig>) -> bool {
     matches!(
         https_request(addr, SERVICE_NAME, client, "GET", "/healthz", vec![]).await,
@@ -164,8 +188,10 @@ async fn self_managed_ca_is_stable_published_and_rotates_gracefully() {
         "each process has its own leaf"
     );
 
-    // Rotation: mark the CA as close to expiry; the next round makes a new CA,
-    // publishes new+old, then serves a leaf from the new CA.
+    // Rotation: mark the CA as close to expiry; the next round makes a new CA
+    // and publishes new+old, but keeps serving a leaf from the old CA; only a
+    // later round (once API servers had time to load the new caBundle) serves
+    // a leaf from the new CA.
     let mut aging = standin.get_json(SECRET_PATH).unwrap();
     let soon = time::OffsetDateTime::now_utc().unix_timestamp() + 24 * 3600;
     aging["metadata"]["annotations"]["labgate.io/ca-not-after"] = Value::String(soon.to_string());
@@ -185,7 +211,8 @@ async fn self_managed_ca_is_stable_published_and_rotates_gracefully() {
         settings.clone(),
         metrics.clone(),
     );
-    manager.tick(time::OffsetDateTime::now_utc()).await.unwrap();
+    let rotation_pass = time::OffsetDateTime::now_utc();
+    manager.tick(rotation_pass).await.unwrap();
     let rotated = standin.get_json(SECRET_PATH).unwrap();
     let ca2 = secret_text(&rotated, "ca.crt").unwrap();
     assert_ne!(ca2, ca1);
@@ -201,6 +228,50 @@ async fn self_managed_ca_is_stable_published_and_rotates_gracefully() {
             .contains("labgate_admission_certificate_actions_total{action=\"ca-rotated\"} 1")
     );
 
+    // Right after the bundle gained the new CA, an API server that has not
+    // loaded it yet (it trusts only the old CA) still verifies the first
+    // process: the leaf written in that pass comes from the old CA...
+    let leaf = std::fs::read_to_string(dir1.path().join("tls.crt")).unwrap();
+    assert!(
+        verifies(&leaf, &ca1),
+        "the leaf of the publishing pass chains to the old CA"
+    );
+    assert!(!verifies(&leaf, &ca2));
+    assert!(
+        metrics
+            .render()
+            .contains("labgate_admission_certificate_actions_total{action=\"leaf-issued\"} 1")
+    );
+    // ...and so does what it serves, across the reloader's 1 s poll.
+    for _ in 0..30 {
+        assert!(
+            healthz(first.addr, trusting_pem(&ca1)).await,
+            "a client trusting only the old CA is refused right after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same pass a little later (before the bundle had time to propagate)
+    // changes nothing.
+    manager
+        .tick(rotation_pass + Duration::from_secs(1))
+        .await
+        .unwrap();
+    let leaf = std::fs::read_to_string(dir1.path().join("tls.crt")).unwrap();
+    assert!(verifies(&leaf, &ca1) && !verifies(&leaf, &ca2));
+
+    // The next check (after CA_PROPAGATION_DELAY) switches to the new CA.
+    let switch_pass = rotation_pass + labgate_admission::certs::CA_PROPAGATION_DELAY;
+    manager.tick(switch_pass).await.unwrap();
+    let leaf = std::fs::read_to_string(dir1.path().join("tls.crt")).unwrap();
+    assert!(
+        verifies(&leaf, &ca2) && !verifies(&leaf, &ca1),
+        "the later pass issues the leaf from the new CA"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("labgate_admission_certificate_actions_total{action=\"leaf-issued\"} 2")
+    );
     // The first process reloads the new leaf from disk; clients with the
     // published bundle never notice, and only the new CA is needed from now on.
     let mut switched = false;
@@ -220,7 +291,10 @@ async fn self_managed_ca_is_stable_published_and_rotates_gracefully() {
     let mut vwc = standin.get_json(VWC_PATH).unwrap();
     vwc["webhooks"][0]["clientConfig"]["caBundle"] = Value::String(String::new());
     standin.put_json(VWC_PATH, vwc);
-    manager.tick(time::OffsetDateTime::now_utc()).await.unwrap();
+    manager
+        .tick(switch_pass + Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(ca_bundles(&standin)[0], bundle);
 
     // A Secret it did not create is never overwritten.
