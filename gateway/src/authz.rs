@@ -25,8 +25,9 @@ pub struct Grant {
 /// Decides whether `claims` may open `route`.
 ///
 /// # Errors
-/// The [`Refusal`] to report: no such lab, or not yours (owner/member check
-/// failed or a scope claim excludes this lab, VM or kind).
+/// The [`Refusal`] to report: not ready (the index has not loaded yet), no
+/// such lab, or not yours (owner/member check failed or a scope claim
+/// excludes this lab, VM or kind).
 pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Grant, Refusal> {
     let in_scope = claims.lab.as_deref().is_none_or(|l| l == route.namespace)
         && claims.vmi.as_deref().is_none_or(|v| v == route.vmi)
@@ -36,6 +37,10 @@ pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Gra
             .is_none_or(|k| k == route.kind.as_str());
     if !in_scope {
         return Err(Refusal::NotYours);
+    }
+    // Before the first full list, "no such lab" could be wrong: say "retry".
+    if !index.is_ready() {
+        return Err(Refusal::NotReady);
     }
     let owner = check_membership(&route.namespace, &claims.sub, index, Refusal::NoSuchLab)?;
     Ok(Grant {
@@ -159,6 +164,21 @@ mod tests {
         assert_eq!(
             authorize(&route("lab-a", ConsoleKind::Vnc), &c, &index),
             Err(Refusal::NotYours)
+        );
+    }
+
+    #[test]
+    fn an_index_not_loaded_yet_says_retry_not_no_such_lab() {
+        let index = LabIndex::new(Arc::new(Metrics::new()));
+        let r = route("lab-a", ConsoleKind::Vnc);
+        assert_eq!(
+            authorize(&r, &claims("alice"), &index),
+            Err(Refusal::NotReady)
+        );
+        index.replace_all(HashMap::new());
+        assert_eq!(
+            authorize(&r, &claims("alice"), &index),
+            Err(Refusal::NoSuchLab)
         );
     }
 

@@ -43,6 +43,8 @@ pub enum Refusal {
     UpstreamError,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// The gateway has just started and has not loaded the lab list yet.
+    NotReady,
 }
 
 impl Refusal {
@@ -64,6 +66,7 @@ impl Refusal {
             Refusal::UpstreamError => 4012,
             Refusal::VmBusy => 4013,
             Refusal::MaxDuration => 4014,
+            Refusal::NotReady => 4015,
             // RFC 6455 "going away": the server is shutting down.
             Refusal::ShuttingDown => 1001,
         }
@@ -90,6 +93,7 @@ impl Refusal {
             Refusal::Idle => "session ended: idle for too long",
             Refusal::UpstreamError => "VM connection failed or was lost",
             Refusal::ShuttingDown => "gateway going away: reconnect",
+            Refusal::NotReady => "gateway starting: labs not loaded yet, retry in a few seconds",
         }
     }
 
@@ -106,7 +110,7 @@ impl Refusal {
             Refusal::LimitReached => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Idle | Refusal::MaxDuration => StatusCode::REQUEST_TIMEOUT,
             Refusal::UpstreamError => StatusCode::BAD_GATEWAY,
-            Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::ShuttingDown | Refusal::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -129,6 +133,7 @@ impl Refusal {
             Refusal::Idle => "idle",
             Refusal::UpstreamError => "upstream_error",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::NotReady => "not_ready",
         }
     }
 
@@ -146,6 +151,7 @@ impl Refusal {
             Refusal::Revoked => "revoked",
             Refusal::Idle => "idle",
             Refusal::ShuttingDown => "shutdown",
+            Refusal::NotReady => "not_ready",
         }
     }
 
@@ -160,7 +166,7 @@ impl Refusal {
     }
 
     /// All reasons, for documentation and tests.
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::BadRequest,
         Refusal::BadToken,
         Refusal::TokenExpired,
@@ -177,6 +183,7 @@ impl Refusal {
         Refusal::Idle,
         Refusal::UpstreamError,
         Refusal::ShuttingDown,
+        Refusal::NotReady,
     ];
 }
 

@@ -322,8 +322,19 @@ async fn readyz_waits_for_the_index_and_watch_recovers_from_410() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, body) = env.http("/readyz", &[]).await.unwrap();
     assert_eq!(status, 503, "{body}");
+    // Nothing indexed yet: "retry", not a misleading "no such lab".
     let mut ws = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
-    assert_refused(&mut ws, 4004).await; // nothing indexed yet
+    let reason = assert_refused(&mut ws, 4015).await;
+    assert!(reason.contains("retry"), "{reason}");
+    let (status, body) = env
+        .http(
+            &format!("/labs/lab-alice/vm1/vnc/{}", env.token(ALICE)),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not_ready"), "{body}");
 
     env.standin.add_token(
         late_token,
