@@ -356,13 +356,26 @@ mod readme_tests {
             if long == "help" || long == "version" {
                 continue;
             }
-            assert!(
-                readme.contains(&format!("`--{long}`")),
-                "README lacks --{long}"
-            );
+            // The flag's row of the README's flag table: | `--flag` | `ENV` | default | meaning |
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}` |")))
+                .unwrap_or_else(|| panic!("README's flag table lacks --{long}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
             if let Some(env) = arg.get_env() {
                 let env = env.to_string_lossy();
-                assert!(readme.contains(&*env), "README lacks {env}");
+                assert_eq!(cells[2], format!("`{env}`"), "env of --{long}");
+            }
+            let takes_value = !matches!(arg.get_action(), clap::ArgAction::SetTrue);
+            for default in arg.get_default_values() {
+                if takes_value {
+                    let default = default.to_string_lossy();
+                    assert!(
+                        cells[3].contains(&format!("`{default}`")),
+                        "README's default for --{long} is {:?}, the code's is {default:?}",
+                        cells[3]
+                    );
+                }
             }
         }
     }
