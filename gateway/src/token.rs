@@ -474,6 +474,29 @@ mod tests {
         assert_eq!(v.verify(&t).await, Err(TokenError::Invalid));
     }
 
+    #[tokio::test]
+    async fn a_cached_token_stops_working_at_its_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TokenSettings {
+            leeway: Duration::ZERO,
+            ..settings(dir.path())
+        };
+        let metrics = Arc::new(Metrics::new());
+        let v = TokenVerifier::new(s, metrics.clone()).unwrap();
+        let mut claims = good_claims();
+        claims["exp"] = json!(now_secs() + 1);
+        let t = sign(claims, SECRET, Algorithm::HS256);
+        assert!(v.verify(&t).await.is_ok());
+        assert!(v.verify(&t).await.is_ok());
+        assert_eq!(
+            metrics.token_cache_hits.get(),
+            1,
+            "the second check was cached"
+        );
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(v.verify(&t).await, Err(TokenError::Expired));
+    }
+
     #[test]
     fn short_or_empty_hmac_secrets_are_refused_at_startup() {
         let dir = tempfile::tempdir().unwrap();
