@@ -248,7 +248,8 @@ impl Results {
              HS256 token (labgate, python-relay check it; nginx and websockify check none) → first echo; closes run in the background.\n\
              - Idle: proxy memory (PSS summed over the process tree) before and after opening {} sessions (websockify {}; it \
              forks per connection), divided by the sessions. {}\n\
-             - Scenarios: {}.\n",
+             - Scenarios: {}. Each repeat runs every contender with a fresh upstream; the order rotates by one contender per \
+             repeat.\n",
             p.rtt_sessions,
             p.idle_sessions,
             p.idle_sessions_forking,

@@ -80,7 +80,14 @@ fn main() -> anyhow::Result<()> {
     let mut machine = describe_machine(&args);
     let mut runs = Vec::new();
     for repeat in 1..=plan.repeats {
-        for (c, status) in contenders.iter().zip(statuses.iter_mut()) {
+        // Each repeat starts one contender further on, so no contender always
+        // runs right after the same one (e.g. after direct tears down its
+        // thousands of idle sessions).
+        let n = contenders.len().max(1);
+        let order = (0..n).map(|i| (i + repeat - 1) % n);
+        for i in order {
+            let c = &contenders[i];
+            let status = &mut statuses[i];
             if status.status.starts_with("skipped") {
                 continue;
             }
