@@ -183,7 +183,8 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_MAX_SESSION_DURATION", default_value = "12h", value_parser = humantime::parse_duration)]
     pub max_session_duration: Duration,
 
-    /// Ping interval towards both the client and the VM side.
+    /// Ping interval towards both the client and the VM side. A client that
+    /// sends nothing, not even a pong, for three intervals is disconnected.
     #[arg(long, env = "LABGATE_GATEWAY_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 

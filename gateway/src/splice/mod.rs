@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use crate::refusal::Refusal;
 use frames::{FrameScanner, Side};
 
+/// Ping intervals a client may stay completely silent before it counts as gone.
+pub const CLIENT_SILENT_PINGS: u32 = 3;
+
 /// Timing settings of a splice.
 #[derive(Debug, Clone, Copy)]
 pub struct SpliceSettings {
@@ -224,6 +227,10 @@ where
             &mut upstream_tx,
             &mut from_client,
             settings.ping_interval,
+            // Browsers answer every ping: a client silent for three ping
+            // intervals is gone (laptop asleep, network lost), and its
+            // session should not hold a slot until TCP gives up.
+            Some(settings.ping_interval * CLIENT_SILENT_PINGS),
             &halt,
             pump::PumpCounters {
                 count: &counts.client_to_upstream,
@@ -236,6 +243,7 @@ where
             &mut client_tx,
             &mut from_upstream,
             settings.ping_interval,
+            None,
             &halt,
             pump::PumpCounters {
                 count: &counts.upstream_to_client,

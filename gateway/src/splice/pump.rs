@@ -133,11 +133,15 @@ pub struct PumpCounters<'a> {
 /// called, pinging the side it writes to every `ping_interval`. `scanner`
 /// (which knows the side `rx` belongs to) is left describing what was
 /// written: between frames, or inside a payload with bytes still to come.
+///
+/// With `silent_limit`, a read side that sends nothing at all (not even the
+/// pongs owed for the other pump's pings) for that long counts as gone.
 pub async fn pump<R, W>(
     rx: &mut R,
     tx: &mut W,
     scanner: &mut FrameScanner,
     ping_interval: Duration,
+    silent_limit: Option<Duration>,
     halt: &Halt,
     counters: PumpCounters<'_>,
 ) -> PumpEnd
@@ -157,11 +161,15 @@ where
     // The start of a frame header that has not been forwarded yet.
     let mut carry = [0u8; MAX_HEADER];
     let mut carry_len = 0;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         let read = tokio::select! {
             read = read_pooled(rx, &carry[..carry_len]) => read,
             _ = halt.halted() => return PumpEnd::Halted,
             _ = ping.tick() => {
+                if silent_limit.is_some_and(|limit| last_heard.elapsed() > limit) {
+                    return PumpEnd::ReadGone;
+                }
                 ping_due = true;
                 if scanner.at_boundary() {
                     ping_due = false;
@@ -173,7 +181,10 @@ where
             }
         };
         let (mut buf, n) = match read {
-            Ok((buf, n)) if n > 0 => (buf, n),
+            Ok((buf, n)) if n > 0 => {
+                last_heard = tokio::time::Instant::now();
+                (buf, n)
+            }
             Ok((buf, _)) => {
                 give_buffer(buf);
                 return PumpEnd::ReadGone;

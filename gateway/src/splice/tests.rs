@@ -216,6 +216,17 @@ async fn close_frames_pass_both_ways() {
     }
 }
 
+async fn first_ping(peer: &mut Peer) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(Ok(Message::Ping(_))) = peer.next().await {
+                return;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn both_sides_are_pinged() {
     let mut s = run(SpliceSettings {
@@ -223,17 +234,46 @@ async fn both_sides_are_pinged() {
         ..settings()
     })
     .await;
-    for peer in [&mut s.browser, &mut s.vm] {
-        let got = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                if let Some(Ok(Message::Ping(_))) = peer.next().await {
-                    return;
-                }
-            }
-        })
-        .await;
-        assert!(got.is_ok(), "no ping");
-    }
+    // Read both sides at once (reading is what answers pings with pongs).
+    let (browser, vm) = tokio::join!(first_ping(&mut s.browser), first_ping(&mut s.vm));
+    assert!(browser.is_ok(), "no ping to the browser");
+    assert!(vm.is_ok(), "no ping to the VM side");
+}
+
+#[tokio::test]
+async fn a_browser_that_answers_no_pings_is_dropped() {
+    let mut s = run(SpliceSettings {
+        ping_interval: Duration::from_millis(50),
+        ..settings()
+    })
+    .await;
+    // The VM side keeps reading (answering pings); the browser never reads,
+    // so it never answers: like a laptop that went to sleep.
+    let vm = tokio::spawn(async move { while let Some(Ok(_)) = s.vm.next().await {} });
+    let end = tokio::time::timeout(Duration::from_secs(2), s.end)
+        .await
+        .expect("a silent browser is dropped after a few unanswered pings")
+        .unwrap();
+    assert_eq!(end, SpliceEnd::ClientGone);
+    vm.abort();
+}
+
+#[tokio::test]
+async fn a_browser_that_answers_pings_stays_connected() {
+    let mut s = run(SpliceSettings {
+        ping_interval: Duration::from_millis(50),
+        ..settings()
+    })
+    .await;
+    // Both peers read (and so answer pings) but send no data for 20 pings.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tokio::join!(
+            async { while let Some(Ok(_)) = s.browser.next().await {} },
+            async { while let Some(Ok(_)) = s.vm.next().await {} },
+        )
+    })
+    .await;
+    assert!(!s.end.is_finished(), "a live, quiet browser was dropped");
 }
 
 #[tokio::test]
