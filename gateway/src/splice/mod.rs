@@ -5,9 +5,12 @@
 //! into binary (KubeVirt silently drops text; xterm.js' attach addon types as
 //! text), enforcing the message size limit and counting bytes. Each pump also
 //! pings the side it writes to, since KubeVirt sends no pings and idle
-//! proxies and load balancers cut silent connections. At the end tungstenite
-//! takes over both connections to read and write the close frames, so close
-//! codes and reasons pass in both directions.
+//! proxies and load balancers cut silent connections; a browser that answers
+//! none of them for a while is taken for gone. At the end both pumps are
+//! halted between reads (never in the middle of a write), a frame cut off
+//! mid-payload is finished towards the browser, and tungstenite takes over
+//! both connections to read and write the close frames, so close codes and
+//! reasons pass in both directions.
 
 mod frames;
 mod pump;
