@@ -160,11 +160,11 @@ enum Stop {
 impl Stop {
     /// What it means that the pump reading the client (`from_client`) or the
     /// VM side ended with `end`.
-    fn from_pump(end: &pump::PumpEnd, from_client: bool) -> Stop {
+    fn from_pump(end: pump::PumpEnd, from_client: bool) -> Stop {
         use pump::PumpEnd::*;
         match (end, from_client) {
-            (Closed(bytes), true) => Stop::ClientClosed(bytes.clone()),
-            (Closed(bytes), false) => Stop::UpstreamClosed(bytes.clone()),
+            (Closed(bytes), true) => Stop::ClientClosed(bytes),
+            (Closed(bytes), false) => Stop::UpstreamClosed(bytes),
             (ReadGone, true) | (WriteGone, false) => Stop::ClientGone,
             (ReadGone, false) | (WriteGone, true) => Stop::UpstreamGone,
             (TooBig, from_client) => Stop::TooBig { from_client },
@@ -185,10 +185,11 @@ enum Written {
 }
 
 impl Written {
-    fn after(end: Option<&pump::PumpEnd>, scanner: &FrameScanner) -> Written {
-        match end {
-            Some(pump::PumpEnd::WriteGone) | None => Written::Unusable,
-            Some(_) => Written::Short(scanner.payload_left()),
+    /// `writer_ok`: the pump stopped (in time) with its write side intact.
+    fn after(writer_ok: Option<bool>, scanner: &FrameScanner) -> Written {
+        match writer_ok {
+            Some(true) => Written::Short(scanner.payload_left()),
+            Some(false) | None => Written::Unusable,
         }
     }
 }
@@ -224,7 +225,7 @@ where
     };
     let halt = pump::Halt::default();
 
-    let (stopped, up_end, down_end) = {
+    let (stopped, up_writer_ok, down_writer_ok) = {
         let up = pump::pump(
             &mut client_rx,
             &mut upstream_tx,
@@ -255,8 +256,9 @@ where
             },
         );
         tokio::pin!(up, down, stop);
-        let mut up_end = None;
-        let mut down_end = None;
+        // Per pump, once stopped: whether its write side is still intact.
+        let mut up_writer_ok = None;
+        let mut down_writer_ok = None;
         let stopped = loop {
             let idle_at = settings.idle_timeout.map(|t| activity.last() + t);
             let idle = async {
@@ -267,14 +269,12 @@ where
             };
             tokio::select! {
                 end = &mut up => {
-                    let stopped = Stop::from_pump(&end, true);
-                    up_end = Some(end);
-                    break stopped;
+                    up_writer_ok = Some(end.writer_ok());
+                    break Stop::from_pump(end, true);
                 }
                 end = &mut down => {
-                    let stopped = Stop::from_pump(&end, false);
-                    down_end = Some(end);
-                    break stopped;
+                    down_writer_ok = Some(end.writer_ok());
+                    break Stop::from_pump(end, false);
                 }
                 refusal = &mut stop => break Stop::Gateway(refusal),
                 _ = idle => {
@@ -291,22 +291,22 @@ where
         let _ = tokio::time::timeout(settings.close_timeout, async {
             tokio::join!(
                 async {
-                    if up_end.is_none() {
-                        up_end = Some(up.await);
+                    if up_writer_ok.is_none() {
+                        up_writer_ok = Some(up.await.writer_ok());
                     }
                 },
                 async {
-                    if down_end.is_none() {
-                        down_end = Some(down.await);
+                    if down_writer_ok.is_none() {
+                        down_writer_ok = Some(down.await.writer_ok());
                     }
                 },
             )
         })
         .await;
-        (stopped, up_end, down_end)
+        (stopped, up_writer_ok, down_writer_ok)
     };
-    let to_client = Written::after(down_end.as_ref(), &from_upstream);
-    let to_upstream = Written::after(up_end.as_ref(), &from_client);
+    let to_client = Written::after(down_writer_ok, &from_upstream);
+    let to_upstream = Written::after(up_writer_ok, &from_client);
 
     // The closing phase runs once, on the heap: an idle session's future
     // then holds only the relay state.

@@ -119,6 +119,13 @@ pub enum PumpEnd {
     Halted,
 }
 
+impl PumpEnd {
+    /// Whether the side this pump wrote to can still take bytes.
+    pub fn writer_ok(&self) -> bool {
+        !matches!(self, PumpEnd::WriteGone)
+    }
+}
+
 /// Byte counters one pump adds to.
 pub struct PumpCounters<'a> {
     /// Per-session count.

@@ -52,6 +52,14 @@ fn settings() -> SpliceSettings {
     }
 }
 
+/// Pings every 50 ms, so ping behaviour shows within a test's time.
+fn fast_pings() -> SpliceSettings {
+    SpliceSettings {
+        ping_interval: Duration::from_millis(50),
+        ..settings()
+    }
+}
+
 fn byte_metrics() -> ByteMetrics {
     ByteMetrics {
         client_to_upstream: IntCounter::new("c2u", "test").unwrap(),
@@ -229,11 +237,7 @@ async fn first_ping(peer: &mut Peer) -> Result<(), tokio::time::error::Elapsed> 
 
 #[tokio::test]
 async fn both_sides_are_pinged() {
-    let mut s = run(SpliceSettings {
-        ping_interval: Duration::from_millis(50),
-        ..settings()
-    })
-    .await;
+    let mut s = run(fast_pings()).await;
     // Read both sides at once (reading is what answers pings with pongs).
     let (browser, vm) = tokio::join!(first_ping(&mut s.browser), first_ping(&mut s.vm));
     assert!(browser.is_ok(), "no ping to the browser");
@@ -242,11 +246,7 @@ async fn both_sides_are_pinged() {
 
 #[tokio::test]
 async fn a_browser_that_answers_no_pings_is_dropped() {
-    let mut s = run(SpliceSettings {
-        ping_interval: Duration::from_millis(50),
-        ..settings()
-    })
-    .await;
+    let mut s = run(fast_pings()).await;
     // The VM side keeps reading (answering pings); the browser never reads,
     // so it never answers: like a laptop that went to sleep.
     let vm = tokio::spawn(async move { while let Some(Ok(_)) = s.vm.next().await {} });
@@ -260,11 +260,7 @@ async fn a_browser_that_answers_no_pings_is_dropped() {
 
 #[tokio::test]
 async fn a_browser_that_answers_pings_stays_connected() {
-    let mut s = run(SpliceSettings {
-        ping_interval: Duration::from_millis(50),
-        ..settings()
-    })
-    .await;
+    let mut s = run(fast_pings()).await;
     // Both peers read (and so answer pings) but send no data for 20 pings.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         tokio::join!(
