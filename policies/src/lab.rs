@@ -8,11 +8,17 @@
 //! | `labgate.io/lab` | label | `"true"`: the namespace is a lab |
 //! | `labgate.io/owner-hash` | label | [`owner_hash`] of the owner id: lets portals select a user's labs |
 //! | `labgate.io/owner` | annotation | the owner id in clear, exactly as the token's `sub` claim |
-//! | `labgate.io/members` | annotation | optional, comma-separated further user ids allowed in |
+//! | `labgate.io/members` | annotation | optional further user ids allowed in: a JSON list of strings (`["bob@example.com","o'brien, pat"]`); the older comma-separated form is still read |
 //!
 //! A namespace whose hash label does not match its owner annotation is not a
 //! valid lab: the gateway indexes it as *malformed* and admits nobody, so a
 //! half-edited namespace never grants access.
+//!
+//! Kubernetes' own namespaces (`default`, and every name starting with
+//! `kube-`, a prefix Kubernetes reserves) are never labs, whatever their
+//! labels say ([`is_system_namespace`]): labelling `kube-system` must not open
+//! its VMs' consoles to a named owner, nor make the reconciler isolate it.
+//! Services add their own namespace to that set through their configuration.
 
 use std::collections::BTreeMap;
 
@@ -69,6 +75,21 @@ pub enum LabError {
     MissingOwner,
     #[error("label {OWNER_HASH_LABEL} does not match the hash of annotation {OWNER_ANNOTATION}")]
     OwnerHashMismatch,
+    #[error("annotation {MEMBERS_ANNOTATION} starts with '[' but is not a JSON list of strings")]
+    BadMembers,
+    #[error("a Kubernetes system namespace is never a lab")]
+    SystemNamespace,
+}
+
+/// Namespaces Kubernetes creates for itself. Together with every name
+/// starting with `kube-` (reserved by Kubernetes) they are never labs.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Whether `namespace` is one of Kubernetes' own namespaces, which are never
+/// labs (see the module documentation).
+pub fn is_system_namespace(namespace: &str) -> bool {
+    SYSTEM_NAMESPACES.contains(&namespace) || namespace.starts_with("kube-")
 }
 
 impl Lab {
@@ -98,6 +119,9 @@ impl Lab {
         if !is_lab(labels) {
             return Err(LabError::NotALab);
         }
+        if is_system_namespace(namespace) {
+            return Err(LabError::SystemNamespace);
+        }
         let owner = annotations
             .get(OWNER_ANNOTATION)
             .map(|o| o.trim())
@@ -106,10 +130,10 @@ impl Lab {
         if labels.get(OWNER_HASH_LABEL).map(String::as_str) != Some(owner_hash(owner).as_str()) {
             return Err(LabError::OwnerHashMismatch);
         }
-        let members = annotations
-            .get(MEMBERS_ANNOTATION)
-            .map(|m| parse_members(m))
-            .unwrap_or_default();
+        let members = match annotations.get(MEMBERS_ANNOTATION) {
+            Some(raw) => parse_members(raw)?,
+            None => Vec::new(),
+        };
         Ok(Lab {
             namespace: namespace.to_string(),
             owner: owner.to_string(),
@@ -130,10 +154,19 @@ impl Lab {
         ]);
         let mut annotations = BTreeMap::from([(OWNER_ANNOTATION.to_string(), self.owner.clone())]);
         if !self.members.is_empty() {
-            annotations.insert(MEMBERS_ANNOTATION.to_string(), self.members.join(","));
+            annotations.insert(
+                MEMBERS_ANNOTATION.to_string(),
+                encode_members(&self.members),
+            );
         }
         (labels, annotations)
     }
+}
+
+/// The `labgate.io/members` annotation value for `members`: a JSON list, so
+/// ids may contain commas or any other character.
+pub fn encode_members(members: &[String]) -> String {
+    serde_json::to_string(members).expect("a list of strings always serialises")
 }
 
 /// Whether a label set marks a lab namespace.
@@ -141,12 +174,22 @@ pub fn is_lab(labels: &BTreeMap<String, String>) -> bool {
     labels.get(LAB_LABEL).map(String::as_str) == Some("true")
 }
 
-fn parse_members(raw: &str) -> Vec<String> {
-    raw.split(',')
+/// Reads the members annotation. A value starting with `[` must be a JSON
+/// list of strings (ids are taken exactly, so `"a,b"` is one id); anything
+/// else is the older comma-separated form. A broken JSON list is an error
+/// rather than a guess, so a typo never admits a different set of users.
+fn parse_members(raw: &str) -> Result<Vec<String>, LabError> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('[') {
+        let list: Vec<String> = serde_json::from_str(trimmed).map_err(|_| LabError::BadMembers)?;
+        return Ok(list.into_iter().filter(|m| !m.is_empty()).collect());
+    }
+    Ok(trimmed
+        .split(',')
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .map(str::to_string)
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -224,12 +267,73 @@ mod tests {
     }
 
     #[test]
+    fn members_as_a_json_list_keep_commas_inside_ids() {
+        let hash = owner_hash("alice@example.com");
+        let lab = Lab::from_namespace(&ns(
+            &[(LAB_LABEL, "true"), (OWNER_HASH_LABEL, &hash)],
+            &[
+                (OWNER_ANNOTATION, "alice@example.com"),
+                (
+                    MEMBERS_ANNOTATION,
+                    r#" ["o'brien, pat", "bob@example.com"] "#,
+                ),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(lab.members, vec!["o'brien, pat", "bob@example.com"]);
+        assert!(lab.admits("o'brien, pat"));
+        assert!(!lab.admits("o'brien"));
+        assert!(!lab.admits("pat"));
+        // A list that does not parse is refused, not read as comma-separated.
+        assert_eq!(
+            Lab::from_namespace(&ns(
+                &[(LAB_LABEL, "true"), (OWNER_HASH_LABEL, &hash)],
+                &[
+                    (OWNER_ANNOTATION, "alice@example.com"),
+                    (MEMBERS_ANNOTATION, r#"["bob@example.com", 7]"#),
+                ],
+            )),
+            Err(LabError::BadMembers)
+        );
+    }
+
+    #[test]
+    fn system_namespaces_are_never_labs() {
+        let hash = owner_hash("alice@example.com");
+        for name in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "default",
+            "kube-anything",
+        ] {
+            let mut labelled = ns(
+                &[(LAB_LABEL, "true"), (OWNER_HASH_LABEL, &hash)],
+                &[(OWNER_ANNOTATION, "alice@example.com")],
+            );
+            labelled.metadata.name = Some(name.into());
+            assert_eq!(
+                Lab::from_namespace(&labelled),
+                Err(LabError::SystemNamespace),
+                "{name}"
+            );
+        }
+        assert!(!is_system_namespace("kubevirt"));
+        assert!(!is_system_namespace("lab-kube-1"));
+    }
+
+    #[test]
     fn metadata_round_trips() {
         let lab = Lab {
             namespace: "lab-1".into(),
             owner: "alice@example.com".into(),
-            members: vec!["bob@example.com".into()],
+            members: vec!["bob@example.com".into(), "o'brien, pat".into()],
         };
+        let (_, annotations) = lab.metadata();
+        assert_eq!(
+            annotations[MEMBERS_ANNOTATION],
+            r#"["bob@example.com","o'brien, pat"]"#
+        );
         let (labels, annotations) = lab.metadata();
         assert_eq!(Lab::from_metadata("lab-1", &labels, &annotations), Ok(lab));
     }

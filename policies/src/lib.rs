@@ -23,5 +23,5 @@ pub mod workloads;
 pub use isolation::{EgressMode, ISOLATION_POLICY_NAME};
 pub use lab::{
     LAB_LABEL, LAB_SELECTOR, Lab, LabError, MEMBERS_ANNOTATION, OWNER_ANNOTATION, OWNER_HASH_LABEL,
-    owner_hash,
+    SYSTEM_NAMESPACES, encode_members, is_system_namespace, owner_hash,
 };
