@@ -16,6 +16,7 @@ packages=(
   libnss3-tools              # certutil: Chromium trusts the test CA through an NSS db
   fonts-dejavu-core          # fonts for xterm and chromium
   ca-certificates
+  python3-venv               # the chart checks' virtualenv (helm-python-sdk, kubernetes-validate)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== helm chart (real Helm engine, strict Kubernetes schemas)"
+bash scripts/chart-test.sh
 echo "== cargo test"
 cargo test --workspace
 if [ -f bench/run.sh ]; then
