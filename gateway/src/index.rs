@@ -531,7 +531,11 @@ mod tests {
         index.replace_all(HashMap::new());
         index.watch_opened();
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(index.staleness(), Duration::ZERO, "an open watch is current");
+        assert_eq!(
+            index.staleness(),
+            Duration::ZERO,
+            "an open watch is current"
+        );
         assert!(index.readiness().is_ok() && index.is_ready());
         index.watch_closed();
         std::thread::sleep(Duration::from_millis(25));

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
@@ -31,32 +31,43 @@ use crate::apiclient::ApiClient;
 use crate::index::{LabIndex, entry_for};
 
 /// Longest wait between failed requests.
-pub const MAX_BACKOFF: Duration = Duration::from_millis(800);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Items per list page.
 const PAGE_SIZE: u32 = 500;
 /// Extra time past the server-side timeout before a silent watch counts as dead.
 const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// A watch that ends sooner than this is not re-opened at once (a server
+/// that closes every watch straight away must not be hammered).
+const SHORT_WATCH: Duration = Duration::from_secs(1);
+/// While requests keep failing, one warning per this many failures.
+const WARN_EVERY: u32 = 64;
 
 /// Exponential backoff between failed requests, with jitter so that
 /// replicas do not retry in step.
 struct Backoff {
     next: Duration,
+    /// Failed requests since the last success.
+    failures: u32,
 }
 
 impl Backoff {
     fn new() -> Backoff {
         Backoff {
             next: FIRST_BACKOFF,
+            failures: 0,
         }
     }
 
-    fn reset(&mut self) {
+    /// A request succeeded; returns how many had failed before it.
+    fn reset(&mut self) -> u32 {
         self.next = FIRST_BACKOFF;
+        std::mem::take(&mut self.failures)
     }
 
     /// The delay before the next attempt: between half and all of the step.
     fn delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
         let step = self.next;
         self.next = (step * 2).min(MAX_BACKOFF);
         step.mul_f64(0.5 + rand::random::<f64>() / 2.0)
@@ -91,7 +102,7 @@ pub async fn watch_namespaces(api: Arc<ApiClient>, index: Arc<LabIndex>, watch_t
             Some(rv) => rv,
             None => match list(&namespaces, &index).await {
                 Ok(rv) => {
-                    backoff.reset();
+                    let _ = backoff.reset();
                     refreshed = false;
                     rv
                 }
@@ -116,12 +127,20 @@ pub async fn watch_namespaces(api: Arc<ApiClient>, index: Arc<LabIndex>, watch_t
         match namespaces.watch(&params, &rv).await {
             Ok(stream) => {
                 index.watch_opened();
-                backoff.reset();
+                let failures = backoff.reset();
+                if failures > 0 {
+                    tracing::info!(failures, "lab namespace watch open again");
+                }
                 refreshed = false;
+                let opened = Instant::now();
                 let mut rv = rv;
                 let end = follow(stream, &index, &mut rv, idle_limit).await;
                 index.watch_closed();
                 index.metrics().index_watch_restarts.inc();
+                // A 410 relists at once regardless: the fresh list's RV is current.
+                if opened.elapsed() < SHORT_WATCH && matches!(end, End::Closed) {
+                    tokio::time::sleep(FIRST_BACKOFF).await;
+                }
                 match end {
                     End::Closed => resource_version = Some(rv),
                     End::Expired => {
@@ -173,8 +192,13 @@ async fn failed(
         *refreshed = true;
         return;
     }
-    tracing::warn!(error = %error, request = what, "lab namespace {what} failed; retrying");
-    tokio::time::sleep(backoff.delay()).await;
+    let delay = backoff.delay();
+    if backoff.failures % WARN_EVERY == 1 {
+        tracing::warn!(error = %error, failures = backoff.failures, "lab namespace {what} failed; retrying");
+    } else {
+        tracing::debug!(error = %error, "lab namespace {what} failed; retrying");
+    }
+    tokio::time::sleep(delay).await;
 }
 
 /// Lists every lab namespace (page by page) into the index; returns the
@@ -260,7 +284,7 @@ mod tests {
         assert!(delays[0] <= FIRST_BACKOFF && delays[0] >= FIRST_BACKOFF / 2);
         assert!(delays.iter().all(|d| *d <= MAX_BACKOFF));
         assert!(delays[7] >= MAX_BACKOFF / 2);
-        b.reset();
+        assert_eq!(b.reset(), 8);
         assert!(b.delay() <= FIRST_BACKOFF);
     }
 }

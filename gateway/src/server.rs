@@ -148,7 +148,7 @@ impl Gateway {
     }
 
     /// Handles one HTTP request: a session upgrade, a refusal, or `/healthz`,
-    /// `/readyz`, `/metrics`. Mount it in any hyper (or axum) server that
+    /// `/readyz`, `/metrics` (404 after [`Gateway::move_admin_endpoints`]). Mount it in any hyper (or axum) server that
     /// enables upgrades; session tasks outlive the request.
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {
         match route::parse(req.uri().path(), req.uri().query()) {
