@@ -41,8 +41,9 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
 
-    /// Optional plain-HTTP address serving only /healthz, /readyz and /metrics.
-    /// It stays up while the gateway drains, so probes see it turn unready.
+    /// Optional plain-HTTP address serving only /healthz, /readyz and /metrics,
+    /// which then leave --listen (404 there). It stays up while the gateway
+    /// drains, so probes see it turn unready.
     #[arg(long, env = "LABGATE_GATEWAY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
@@ -134,6 +135,22 @@ pub struct Config {
     /// from the last resourceVersion when it ends.
     #[arg(long, env = "LABGATE_GATEWAY_WATCH_TIMEOUT", default_value = "290s", value_parser = humantime::parse_duration)]
     pub watch_timeout: Duration,
+
+    /// Namespaces that are never labs whatever their labels (comma-separated),
+    /// besides Kubernetes' own (`default`, `kube-*`) and the gateway's own
+    /// namespace (POD_NAMESPACE or the service-account namespace file).
+    #[arg(long, env = "LABGATE_GATEWAY_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    pub exempt_namespaces: Vec<String>,
+
+    /// `/readyz` fails once the namespace watch has been failing this long
+    /// (an open watch, even a quiet one, is healthy).
+    #[arg(long, env = "LABGATE_GATEWAY_INDEX_UNREADY_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub index_unready_after: Duration,
+
+    /// New sessions are refused (4015) once the namespace watch has been
+    /// failing this long: grants are not decided on data that old.
+    #[arg(long, env = "LABGATE_GATEWAY_INDEX_REFUSE_AFTER", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub index_refuse_after: Duration,
 
     /// Refuse a second viewer of a VM screen (close code 4013) instead of
     /// letting it take the screen over. Needs KubeVirt >= 1.6.3
@@ -246,6 +263,13 @@ impl Config {
         if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
             return Err("--max-sessions and --max-sessions-per-user must be at least 1".into());
         }
+        if self.index_unready_after.is_zero() || self.index_refuse_after < self.index_unready_after
+        {
+            return Err(
+                "--index-unready-after must be positive and --index-refuse-after at least as long"
+                    .into(),
+            );
+        }
         if self.ping_interval.is_zero() {
             return Err("--ping-interval must be positive".into());
         }
@@ -262,6 +286,22 @@ impl Config {
             audiences: self.jwt_audience.clone(),
             leeway: self.jwt_leeway,
             cache_capacity: self.token_cache_size,
+        }
+    }
+
+    /// Which namespaces may be labs and how stale the index may grow.
+    pub fn index_policy(&self) -> crate::index::IndexPolicy {
+        let mut exempt: std::collections::HashSet<String> = self
+            .exempt_namespaces
+            .iter()
+            .map(|ns| ns.trim().to_string())
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        exempt.extend(crate::index::own_namespace());
+        crate::index::IndexPolicy {
+            exempt,
+            unready_after: Some(self.index_unready_after),
+            refuse_after: Some(self.index_refuse_after),
         }
     }
 

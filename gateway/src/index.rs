@@ -1,25 +1,27 @@
 //! The lab-ownership index: namespace → owner and members, in memory.
 //!
-//! Fed by a kube-runtime watcher over namespaces labelled `labgate.io/lab=true`
-//! (or by a static labs file for VMs outside Kubernetes and for the demo).
+//! Fed by the namespace watch ([`crate::namespace_watch`]) over namespaces
+//! labelled `labgate.io/lab=true` (or by a static labs file for VMs outside
+//! Kubernetes and for the demo). Exempt namespaces (Kubernetes' own, the
+//! gateway's, `--exempt-namespaces`) are never labs, whatever their labels.
 //! Lookups never call the API server. Every change to a lab is broadcast so
 //! that live sessions into it can re-check their grant and close at once when
 //! the lab is deleted, un-labelled or given to someone else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::{WatchStreamExt, watcher};
-use labgate_policies::{LAB_SELECTOR, Lab, LabError};
+use labgate_policies::{Lab, LabError};
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 
 use crate::metrics::Metrics;
 use crate::reload::FileStamps;
+
+pub use crate::namespace_watch::watch_namespaces;
 
 /// What the index knows about a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,20 +32,69 @@ pub enum LabEntry {
     Malformed(LabError),
 }
 
+/// Which namespaces may be labs, and how old the index may grow.
+#[derive(Debug, Clone, Default)]
+pub struct IndexPolicy {
+    /// Namespaces never indexed as labs whatever their labels (the gateway's
+    /// own, and any configured); Kubernetes' own namespaces always are too.
+    pub exempt: HashSet<String>,
+    /// `/readyz` fails once the watch has been unhealthy this long.
+    pub unready_after: Option<Duration>,
+    /// New sessions are refused (4015) once the watch has been unhealthy this long.
+    pub refuse_after: Option<Duration>,
+}
+
+/// Whether the source feeding the index is healthy, for the staleness bounds.
+struct Health {
+    /// Set by [`LabIndex::watch_opened`]: a source that can go stale feeds the index.
+    tracked: bool,
+    /// A watch stream is open: the index is current.
+    open: bool,
+    /// When the index was last known current (list done, or watch closed).
+    last_healthy: Instant,
+}
+
 /// The in-memory index. Share it as `Arc<LabIndex>`.
 pub struct LabIndex {
     // A std lock: lookups are a hash probe and never held across an await.
     labs: RwLock<HashMap<String, Arc<LabEntry>>>,
+    /// Namespaces marked as labs that admit nobody, and why (metric label).
+    problems: Mutex<HashMap<String, &'static str>>,
+    health: Mutex<Health>,
+    policy: IndexPolicy,
     ready: watch::Sender<bool>,
     changes: broadcast::Sender<Arc<str>>,
     metrics: Arc<Metrics>,
 }
 
+/// The `reason` label of a namespace that is marked as a lab but admits nobody.
+fn problem_label(error: &LabError) -> &'static str {
+    match error {
+        LabError::NotALab => "not_a_lab",
+        LabError::MissingOwner => "missing_owner",
+        LabError::OwnerHashMismatch => "owner_hash_mismatch",
+        LabError::BadMembers => "bad_members",
+        LabError::SystemNamespace => "exempt",
+    }
+}
+
 impl LabIndex {
-    /// An empty, not-yet-ready index.
+    /// An empty, not-yet-ready index with no exemptions and no staleness bounds.
     pub fn new(metrics: Arc<Metrics>) -> Arc<LabIndex> {
+        LabIndex::with_policy(metrics, IndexPolicy::default())
+    }
+
+    /// An empty, not-yet-ready index with `policy`.
+    pub fn with_policy(metrics: Arc<Metrics>, policy: IndexPolicy) -> Arc<LabIndex> {
         Arc::new(LabIndex {
             labs: RwLock::new(HashMap::new()),
+            problems: Mutex::new(HashMap::new()),
+            health: Mutex::new(Health {
+                tracked: false,
+                open: false,
+                last_healthy: Instant::now(),
+            }),
+            policy,
             ready: watch::channel(false).0,
             changes: broadcast::channel(1024).0,
             metrics,
@@ -65,9 +116,73 @@ impl LabIndex {
         self.len() == 0
     }
 
-    /// Whether the first full list has been loaded.
+    /// Whether grants may be decided from the index: the first full list
+    /// has been loaded and the watch has not been failing for longer than
+    /// the refuse bound.
     pub fn is_ready(&self) -> bool {
+        self.is_synced()
+            && self
+                .policy
+                .refuse_after
+                .is_none_or(|bound| self.staleness() < bound)
+    }
+
+    /// Whether the first full list has been loaded.
+    pub fn is_synced(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// What `/readyz` reports: `Err(why)` before the first list or once the
+    /// watch has been failing for longer than the unready bound.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.is_synced() {
+            return Err("lab index not synced yet".into());
+        }
+        let stale = self.staleness();
+        match self.policy.unready_after {
+            Some(bound) if stale >= bound => Err(format!(
+                "lab index stale: the namespace watch has been failing for {}s",
+                stale.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// How long the watch has been unhealthy: zero while a watch stream is
+    /// open (quiet or not) or for a source that cannot go stale.
+    pub fn staleness(&self) -> Duration {
+        match self.health.lock() {
+            Ok(h) if h.tracked && !h.open => h.last_healthy.elapsed(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// A watch stream is open: the index is current until it closes.
+    pub fn watch_opened(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.tracked = true;
+            h.open = true;
+            h.last_healthy = Instant::now();
+        }
+    }
+
+    /// The watch stream closed (or a request failed): staleness runs from
+    /// the last moment the index was current.
+    pub fn watch_closed(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.tracked = true;
+            if h.open {
+                h.open = false;
+                h.last_healthy = Instant::now();
+            }
+        }
+    }
+
+    /// A full list was loaded: the index is current now.
+    pub fn listed(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.last_healthy = Instant::now();
+        }
     }
 
     /// Resolves once the first full list has been loaded.
@@ -82,8 +197,78 @@ impl LabIndex {
         self.changes.subscribe()
     }
 
+    /// Whether `namespace` may never be a lab here.
+    pub fn is_exempt(&self, namespace: &str) -> bool {
+        labgate_policies::is_system_namespace(namespace) || self.policy.exempt.contains(namespace)
+    }
+
+    /// Filters an entry through the exemptions and records why a namespace
+    /// marked as a lab admits nobody (logged once per namespace and reason).
+    fn screen(&self, namespace: &str, entry: Option<LabEntry>) -> Option<LabEntry> {
+        let (entry, problem) = match entry {
+            Some(_) if self.is_exempt(namespace) => (None, Some("exempt")),
+            Some(LabEntry::Malformed(e)) => {
+                let label = problem_label(&e);
+                (Some(LabEntry::Malformed(e)), Some(label))
+            }
+            other => (other, None),
+        };
+        if let Ok(mut problems) = self.problems.lock() {
+            let before = problems.get(namespace).copied();
+            match problem {
+                Some(label) => {
+                    problems.insert(namespace.to_string(), label);
+                }
+                None => {
+                    problems.remove(namespace);
+                }
+            }
+            if before != problem {
+                if let Some(label) = problem {
+                    let why = match &entry {
+                        Some(LabEntry::Malformed(e)) => e.to_string(),
+                        _ => "the namespace is exempt (Kubernetes' own, the gateway's, or --exempt-namespaces)".into(),
+                    };
+                    tracing::warn!(
+                        namespace,
+                        reason = label,
+                        "namespace marked as a lab admits nobody: {why}"
+                    );
+                }
+                self.count_problems(&problems);
+            }
+        }
+        entry
+    }
+
+    fn count_problems(&self, problems: &HashMap<String, &'static str>) {
+        for label in [
+            "missing_owner",
+            "owner_hash_mismatch",
+            "bad_members",
+            "exempt",
+        ] {
+            let n = problems.values().filter(|l| **l == label).count();
+            self.metrics
+                .index_malformed_labs
+                .with_label_values(&[label])
+                .set(n as i64);
+        }
+    }
+
     /// Replaces the whole index (after a full list) and marks it ready.
     pub fn replace_all(&self, fresh: HashMap<String, LabEntry>) {
+        if let Ok(mut problems) = self.problems.lock() {
+            problems.retain(|ns, _| fresh.contains_key(ns));
+            self.count_problems(&problems);
+        }
+        let fresh: HashMap<String, LabEntry> = fresh
+            .into_iter()
+            .filter_map(|(ns, entry)| {
+                let entry = self.screen(&ns, Some(entry))?;
+                Some((ns, entry))
+            })
+            .collect();
         let mut changed = Vec::new();
         if let Ok(mut labs) = self.labs.write() {
             for (ns, old) in labs.iter() {
@@ -107,6 +292,10 @@ impl LabIndex {
 
     /// Inserts or updates one namespace.
     pub fn upsert(&self, namespace: &str, entry: LabEntry) {
+        let Some(entry) = self.screen(namespace, Some(entry)) else {
+            self.remove_entry(namespace);
+            return;
+        };
         let changed = match self.labs.write() {
             Ok(mut labs) => {
                 let changed = labs.get(namespace).map(|e| e.as_ref()) != Some(&entry);
@@ -123,6 +312,11 @@ impl LabIndex {
 
     /// Removes one namespace.
     pub fn remove(&self, namespace: &str) {
+        self.screen(namespace, None);
+        self.remove_entry(namespace);
+    }
+
+    fn remove_entry(&self, namespace: &str) {
         let removed = match self.labs.write() {
             Ok(mut labs) => {
                 let removed = labs.remove(namespace).is_some();
@@ -134,6 +328,10 @@ impl LabIndex {
         if removed {
             let _ = self.changes.send(namespace.into());
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -150,51 +348,15 @@ pub fn entry_for(ns: &Namespace) -> Option<LabEntry> {
     }
 }
 
-fn apply(index: &LabIndex, ns: &Namespace) {
-    let Some(name) = ns.metadata.name.as_deref() else {
-        return;
-    };
-    match entry_for(ns) {
-        Some(entry) => index.upsert(name, entry),
-        None => index.remove(name),
-    }
-}
-
-/// Keeps `index` in sync with lab namespaces until the task is dropped.
-///
-/// `watch_timeout` is the server-side watch timeout; the watcher re-watches
-/// from the last resourceVersion when it ends and relists after 410 Gone.
-pub async fn watch_namespaces(client: kube::Client, index: Arc<LabIndex>, watch_timeout: Duration) {
-    let api: kube::Api<Namespace> = kube::Api::all(client);
-    let config = watcher::Config::default()
-        .labels(LAB_SELECTOR)
-        .timeout(watch_timeout.as_secs().clamp(1, 290) as u32);
-    let mut events = watcher(api, config).default_backoff().boxed();
-    let mut initial: HashMap<String, LabEntry> = HashMap::new();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Init) => initial.clear(),
-            Ok(watcher::Event::InitApply(ns)) => {
-                if let (Some(name), Some(entry)) = (ns.metadata.name.clone(), entry_for(&ns)) {
-                    initial.insert(name, entry);
-                }
-            }
-            Ok(watcher::Event::InitDone) => {
-                index.replace_all(std::mem::take(&mut initial));
-                tracing::info!(labs = index.len(), "lab index synced");
-            }
-            Ok(watcher::Event::Apply(ns)) => apply(&index, &ns),
-            Ok(watcher::Event::Delete(ns)) => {
-                if let Some(name) = ns.metadata.name.as_deref() {
-                    index.remove(name);
-                }
-            }
-            Err(e) => {
-                index.metrics.index_watch_restarts.inc();
-                tracing::warn!(error = %e, "lab namespace watch failed; retrying");
-            }
-        }
-    }
+/// The gateway's own namespace when it runs in a pod: `POD_NAMESPACE` (set
+/// from the downward API) or the service-account mount's namespace file.
+pub fn own_namespace() -> Option<String> {
+    const SA_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| std::fs::read_to_string(SA_NAMESPACE).ok())
+        .map(|ns| ns.trim().to_string())
+        .filter(|ns| !ns.is_empty())
 }
 
 /// A static labs file, for VMs outside Kubernetes and the demo:
@@ -319,6 +481,68 @@ mod tests {
         assert_eq!(&*rx.recv().await.unwrap(), "a");
         assert!(index.get("a").is_none());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn exempt_namespaces_are_never_indexed_and_problems_are_counted_once() {
+        let metrics = Arc::new(Metrics::new());
+        let index = LabIndex::with_policy(
+            metrics.clone(),
+            IndexPolicy {
+                exempt: HashSet::from(["labgate".to_string()]),
+                ..IndexPolicy::default()
+            },
+        );
+        let gauge = |reason: &str| {
+            metrics
+                .index_malformed_labs
+                .with_label_values(&[reason])
+                .get()
+        };
+        index.replace_all(HashMap::from([
+            ("kube-system".to_string(), lab("kube-system", "alice")),
+            ("labgate".to_string(), lab("labgate", "alice")),
+            ("lab-a".to_string(), lab("lab-a", "alice")),
+        ]));
+        assert!(index.get("kube-system").is_none() && index.get("labgate").is_none());
+        assert!(index.get("lab-a").is_some());
+        assert_eq!(gauge("exempt"), 2);
+        // The same problem again (a relist, a re-sent event) is not counted twice.
+        index.upsert("labgate", lab("labgate", "bob"));
+        index.upsert("lab-b", LabEntry::Malformed(LabError::BadMembers));
+        index.upsert("lab-b", LabEntry::Malformed(LabError::BadMembers));
+        assert_eq!((gauge("exempt"), gauge("bad_members")), (2, 1));
+        // Repaired or gone: no longer counted.
+        index.upsert("lab-b", lab("lab-b", "alice"));
+        index.remove("kube-system");
+        assert_eq!((gauge("exempt"), gauge("bad_members")), (1, 0));
+    }
+
+    #[test]
+    fn staleness_counts_only_while_no_watch_is_open() {
+        let index = LabIndex::with_policy(
+            Arc::new(Metrics::new()),
+            IndexPolicy {
+                unready_after: Some(Duration::from_millis(20)),
+                refuse_after: Some(Duration::from_millis(40)),
+                ..IndexPolicy::default()
+            },
+        );
+        index.replace_all(HashMap::new());
+        index.watch_opened();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            index.staleness(),
+            Duration::ZERO,
+            "an open watch is current"
+        );
+        assert!(index.readiness().is_ok() && index.is_ready());
+        index.watch_closed();
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(index.readiness().unwrap_err().contains("stale"));
+        assert!(index.is_ready(), "still granting below the refuse bound");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!index.is_ready());
     }
 
     #[test]

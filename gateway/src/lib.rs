@@ -16,7 +16,10 @@
 //! - [`route`]: `/labs/{namespace}/{vmi}/{kind}` parsing and name validation.
 //! - [`credentials`]: where the token comes from; subprotocol negotiation.
 //! - [`token`]: JWT verification with pinned algorithms, key files and a cache.
-//! - [`index`]: the lab-ownership index fed by a namespace watch (or a file).
+//! - [`index`]: the lab-ownership index (exempt namespaces, malformed labs, staleness).
+//! - [`namespace_watch`]: the list+watch loop feeding the index: re-watch and relist at once,
+//!   backoff only for errors.
+//! - [`apiclient`]: the API-server client, rebuilt (token re-read) after a 401.
 //! - [`authz`]: the pure authorisation decision and its re-check.
 //! - [`sessions`]: limits and which session holds which VM console.
 //! - [`upstream`]: the [`Backend`](upstream::Backend) seam and the KubeVirt backend.
@@ -29,6 +32,7 @@
 //! [`Gateway::handle`] is an ordinary async request handler; mount it in any
 //! hyper or axum server that enables HTTP/1.1 upgrades (see `examples/embed.rs`).
 
+pub mod apiclient;
 pub mod authz;
 pub mod config;
 pub mod credentials;
@@ -36,6 +40,7 @@ pub mod demo;
 pub mod index;
 pub mod listener;
 pub mod metrics;
+pub mod namespace_watch;
 pub mod refusal;
 pub mod reload;
 pub mod respond;
@@ -128,19 +133,19 @@ pub async fn run_with_listener(
         });
     }
 
-    let index = LabIndex::new(metrics.clone());
+    let index = LabIndex::with_policy(metrics.clone(), config.index_policy());
     let backend: Arc<dyn Backend> = if config.demo {
         demo::backend()
     } else {
-        let client = kube::Client::try_from(config.kube_config().await?)?;
+        let api = Arc::new(apiclient::ApiClient::new(config.kube_config().await?)?);
         if config.labs_file.is_none() {
             background.spawn(index::watch_namespaces(
-                client.clone(),
+                api.clone(),
                 index.clone(),
                 config.watch_timeout,
             ));
         }
-        Arc::new(KubeVirtBackend::new(client).preserve_vnc_session(config.vnc_preserve_session))
+        Arc::new(KubeVirtBackend::with_api(api).preserve_vnc_session(config.vnc_preserve_session))
     };
     if let Some(path) = &config.labs_file {
         background.spawn(index::watch_labs_file(
@@ -161,6 +166,8 @@ pub async fn run_with_listener(
 
     let gateway = Gateway::new(config.settings(), verifier, index, backend, metrics);
     if let Some(addr) = config.admin_listen {
+        // The public listener answers 404 for /healthz, /readyz and /metrics.
+        gateway.move_admin_endpoints();
         let admin = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;

@@ -4,8 +4,8 @@
 //! namespaces or tokens, so the series count stays bounded.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports, registered in its own [`Registry`].
@@ -24,8 +24,12 @@ pub struct Metrics {
     pub upstream_connect_seconds: Histogram,
     /// Labs in the ownership index.
     pub index_labs: IntGauge,
-    /// Times the namespace watch restarted after an error.
+    /// Times the namespace watch was re-opened or relisted, for any reason.
     pub index_watch_restarts: IntCounter,
+    /// Namespaces marked as labs that admit nobody, by reason.
+    pub index_malformed_labs: IntGaugeVec,
+    /// Seconds the namespace watch has been unhealthy (0 while one is open).
+    pub index_stale_seconds: Gauge,
     /// Token cache hits.
     pub token_cache_hits: IntCounter,
     /// Token cache misses.
@@ -48,7 +52,8 @@ impl Metrics {
             Opts::new(
                 "labgate_gateway_sessions_total",
                 "Sessions by kind and outcome: ok, bad_request, bad_token, expired, forbidden, \
-                 not_found, taken_over, upstream_error, limit, revoked, idle, shutdown.",
+                 not_found, taken_over, upstream_error, limit, revoked, idle, shutdown, not_ready, \
+                 gateway_unauthorized.",
             ),
             &["kind", "outcome"],
         )
@@ -89,7 +94,22 @@ impl Metrics {
         .expect("valid metric");
         let index_watch_restarts = IntCounter::new(
             "labgate_gateway_index_watch_restarts_total",
-            "Times the lab namespace watch failed and restarted.",
+            "Times the lab namespace watch was re-opened or relisted: after its timeout, \
+             a dropped connection, a 410 Expired or a failed request.",
+        )
+        .expect("valid metric");
+        let index_malformed_labs = IntGaugeVec::new(
+            Opts::new(
+                "labgate_gateway_index_malformed_labs",
+                "Namespaces marked as labs that admit nobody, by reason: missing_owner, \
+                 owner_hash_mismatch, bad_members, exempt (a system or exempt namespace).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let index_stale_seconds = Gauge::new(
+            "labgate_gateway_index_stale_seconds",
+            "Seconds since the lab namespace watch was last known healthy; 0 while a watch is open.",
         )
         .expect("valid metric");
         let token_cache_hits = IntCounter::new(
@@ -111,6 +131,8 @@ impl Metrics {
             Box::new(upstream_connect_seconds.clone()),
             Box::new(index_labs.clone()),
             Box::new(index_watch_restarts.clone()),
+            Box::new(index_malformed_labs.clone()),
+            Box::new(index_stale_seconds.clone()),
             Box::new(token_cache_hits.clone()),
             Box::new(token_cache_misses.clone()),
         ] {
@@ -124,6 +146,14 @@ impl Metrics {
                 bytes.with_label_values(&[kind, dir]);
             }
         }
+        for reason in [
+            "missing_owner",
+            "owner_hash_mismatch",
+            "bad_members",
+            "exempt",
+        ] {
+            index_malformed_labs.with_label_values(&[reason]);
+        }
         Metrics {
             registry,
             active_sessions,
@@ -133,6 +163,8 @@ impl Metrics {
             upstream_connect_seconds,
             index_labs,
             index_watch_restarts,
+            index_malformed_labs,
+            index_stale_seconds,
             token_cache_hits,
             token_cache_misses,
         }

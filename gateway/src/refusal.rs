@@ -43,8 +43,11 @@ pub enum Refusal {
     UpstreamError,
     /// The gateway is shutting down.
     ShuttingDown,
-    /// The gateway has just started and has not loaded the lab list yet.
+    /// The lab list is not loaded yet, or too old to decide on (the namespace watch keeps failing).
     NotReady,
+    /// The API server refused the gateway's own credentials (401) or permissions (403): a
+    /// misconfiguration of the gateway, not a problem of the VM.
+    GatewayUnauthorized,
 }
 
 impl Refusal {
@@ -67,6 +70,8 @@ impl Refusal {
             Refusal::VmBusy => 4013,
             Refusal::MaxDuration => 4014,
             Refusal::NotReady => 4015,
+            // 4016-4019 are left for reasons about the VM's state.
+            Refusal::GatewayUnauthorized => 4020,
             // RFC 6455 "going away": the server is shutting down.
             Refusal::ShuttingDown => 1001,
         }
@@ -93,7 +98,12 @@ impl Refusal {
             Refusal::Idle => "session ended: idle for too long",
             Refusal::UpstreamError => "VM connection failed or was lost",
             Refusal::ShuttingDown => "gateway going away: reconnect",
-            Refusal::NotReady => "gateway starting: labs not loaded yet, retry in a few seconds",
+            Refusal::NotReady => {
+                "gateway not ready: lab list not loaded or out of date, retry in a few seconds"
+            }
+            Refusal::GatewayUnauthorized => {
+                "gateway not authorised by the API server: tell the operator (not a VM problem)"
+            }
         }
     }
 
@@ -109,7 +119,7 @@ impl Refusal {
             Refusal::VmNotRunning | Refusal::TakenOver | Refusal::VmBusy => StatusCode::CONFLICT,
             Refusal::LimitReached => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Idle | Refusal::MaxDuration => StatusCode::REQUEST_TIMEOUT,
-            Refusal::UpstreamError => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamError | Refusal::GatewayUnauthorized => StatusCode::BAD_GATEWAY,
             Refusal::ShuttingDown | Refusal::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -134,6 +144,7 @@ impl Refusal {
             Refusal::UpstreamError => "upstream_error",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::NotReady => "not_ready",
+            Refusal::GatewayUnauthorized => "gateway_unauthorized",
         }
     }
 
@@ -152,6 +163,7 @@ impl Refusal {
             Refusal::Idle => "idle",
             Refusal::ShuttingDown => "shutdown",
             Refusal::NotReady => "not_ready",
+            Refusal::GatewayUnauthorized => "gateway_unauthorized",
         }
     }
 
@@ -166,7 +178,7 @@ impl Refusal {
     }
 
     /// All reasons, for documentation and tests.
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::BadRequest,
         Refusal::BadToken,
         Refusal::TokenExpired,
@@ -184,6 +196,7 @@ impl Refusal {
         Refusal::UpstreamError,
         Refusal::ShuttingDown,
         Refusal::NotReady,
+        Refusal::GatewayUnauthorized,
     ];
 }
 

@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) draining: AtomicBool,
+    /// `/healthz`, `/readyz`, `/metrics` are served by [`Gateway::handle`] too
+    /// (false once an admin listener serves them instead).
+    pub(crate) admin_on_main: AtomicBool,
     /// Cancelled when the listener stops: idle HTTP connections close.
     pub(crate) stop_accepting: CancellationToken,
     /// Cancelled when the grace period is over: sessions close with 1001.
@@ -114,6 +117,7 @@ impl Gateway {
                 metrics,
                 sessions,
                 draining: AtomicBool::new(false),
+                admin_on_main: AtomicBool::new(true),
                 stop_accepting: CancellationToken::new(),
                 force_close: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -126,9 +130,16 @@ impl Gateway {
         &self.shared.metrics
     }
 
-    /// Whether the gateway should receive traffic: index synced, not draining.
+    /// Whether the gateway should receive traffic: index synced and not
+    /// stale past `--index-unready-after`, not draining.
     pub fn is_ready(&self) -> bool {
-        self.shared.index.is_ready() && !self.shared.draining.load(Ordering::Acquire)
+        self.shared.index.readiness().is_ok() && !self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops [`Gateway::handle`] from answering `/healthz`, `/readyz` and
+    /// `/metrics` (404), for when [`Gateway::serve_admin`] serves them.
+    pub fn move_admin_endpoints(&self) {
+        self.shared.admin_on_main.store(false, Ordering::Release);
     }
 
     /// Sessions currently open.
@@ -137,13 +148,14 @@ impl Gateway {
     }
 
     /// Handles one HTTP request: a session upgrade, a refusal, or `/healthz`,
-    /// `/readyz`, `/metrics`. Mount it in any hyper (or axum) server that
+    /// `/readyz`, `/metrics` (404 after [`Gateway::move_admin_endpoints`]). Mount it in any hyper (or axum) server that
     /// enables upgrades; session tasks outlive the request.
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {
         match route::parse(req.uri().path(), req.uri().query()) {
             Target::Session(route) => self.session(req, route).await,
             Target::BadSession => self.refuse(req, None, None, Refusal::BadRequest),
-            other => self.admin(&other),
+            other if self.shared.admin_on_main.load(Ordering::Acquire) => self.admin(&other),
+            _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
         }
     }
 
@@ -156,18 +168,28 @@ impl Gateway {
         match target {
             Target::Health => text(StatusCode::OK, "ok\n"),
             Target::Ready if self.is_ready() => text(StatusCode::OK, "ready\n"),
-            Target::Ready => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                if self.shared.draining.load(Ordering::Acquire) {
-                    "draining\n"
+            Target::Ready => {
+                let why = if self.shared.draining.load(Ordering::Acquire) {
+                    "draining".to_string()
                 } else {
-                    "lab index not synced yet\n"
-                },
-            ),
-            Target::Metrics => Response::builder()
-                .header(CONTENT_TYPE, prometheus::TEXT_FORMAT)
-                .body(Full::new(Bytes::from(self.shared.metrics.render())))
-                .unwrap_or_default(),
+                    self.shared.index.readiness().err().unwrap_or_default()
+                };
+                Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Full::new(Bytes::from(format!("{why}\n"))))
+                    .unwrap_or_default()
+            }
+            Target::Metrics => {
+                let metrics = &self.shared.metrics;
+                metrics
+                    .index_stale_seconds
+                    .set(self.shared.index.staleness().as_secs_f64());
+                Response::builder()
+                    .header(CONTENT_TYPE, prometheus::TEXT_FORMAT)
+                    .body(Full::new(Bytes::from(metrics.render())))
+                    .unwrap_or_default()
+            }
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
         }
     }

@@ -8,7 +8,8 @@
 //! kube's `Client::connect` cannot be used: it always offers the
 //! `v4/v5.channel.k8s.io` subprotocols, which virt-api does not speak. So the
 //! websocket handshake is made by hand over `Client::send` (which keeps kube's
-//! TLS, bearer-token rotation and CA reload) and upgraded with hyper.
+//! TLS, bearer-token rotation and CA reload) and upgraded with hyper. A 401
+//! re-reads the gateway's token and retries once ([`ApiClient::refresh`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::apiclient::ApiClient;
 use crate::refusal::Refusal;
 use crate::route::ConsoleKind;
 
@@ -60,6 +62,8 @@ pub enum UpstreamError {
     NotRunning(String),
     #[error("VM screen in use by another viewer")]
     Busy,
+    #[error("the API server does not accept the gateway's credentials: {0}")]
+    Unauthorized(String),
     #[error("the gateway is not allowed to open the subresource: {0}")]
     Forbidden(String),
     #[error("upstream answered {status}: {message}")]
@@ -77,10 +81,12 @@ impl UpstreamError {
             UpstreamError::NotFound => Refusal::NoSuchVm,
             UpstreamError::NotRunning(_) => Refusal::VmNotRunning,
             UpstreamError::Busy => Refusal::VmBusy,
-            UpstreamError::Forbidden(_)
-            | UpstreamError::Status { .. }
-            | UpstreamError::Transport(_)
-            | UpstreamError::Timeout => Refusal::UpstreamError,
+            UpstreamError::Unauthorized(_) | UpstreamError::Forbidden(_) => {
+                Refusal::GatewayUnauthorized
+            }
+            UpstreamError::Status { .. } | UpstreamError::Transport(_) | UpstreamError::Timeout => {
+                Refusal::UpstreamError
+            }
         }
     }
 }
@@ -99,15 +105,20 @@ pub trait Backend: Send + Sync + 'static {
 /// Opens KubeVirt subresources through the Kubernetes API server.
 #[derive(Clone)]
 pub struct KubeVirtBackend {
-    client: kube::Client,
+    api: std::sync::Arc<ApiClient>,
     preserve_vnc_session: bool,
 }
 
 impl KubeVirtBackend {
     /// A backend using `client`'s API server, credentials and CA.
     pub fn new(client: kube::Client) -> KubeVirtBackend {
+        KubeVirtBackend::with_api(std::sync::Arc::new(ApiClient::fixed(client)))
+    }
+
+    /// A backend whose client is rebuilt (token re-read) after a 401.
+    pub fn with_api(api: std::sync::Arc<ApiClient>) -> KubeVirtBackend {
         KubeVirtBackend {
-            client,
+            api,
             preserve_vnc_session: false,
         }
     }
@@ -135,6 +146,21 @@ impl KubeVirtBackend {
     }
 
     async fn open(&self, target: UpstreamTarget<'_>) -> Result<UpstreamIo, UpstreamError> {
+        let (generation, client) = self.api.current();
+        match self.open_with(&client, target).await {
+            // The token may have been rotated since kube last read it.
+            Err(UpstreamError::Unauthorized(_)) if self.api.refresh(generation) => {
+                self.open_with(&self.api.current().1, target).await
+            }
+            other => other,
+        }
+    }
+
+    async fn open_with(
+        &self,
+        client: &kube::Client,
+        target: UpstreamTarget<'_>,
+    ) -> Result<UpstreamIo, UpstreamError> {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
         let request = Request::get(self.path(target))
             .header(CONNECTION, "Upgrade")
@@ -144,8 +170,7 @@ impl KubeVirtBackend {
             .header(SEC_WEBSOCKET_PROTOCOL, KUBEVIRT_PROTOCOL)
             .body(kube::client::Body::empty())
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
-        let response = self
-            .client
+        let response = client
             .send(request)
             .await
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
@@ -206,7 +231,9 @@ pub fn classify_refusal(status: StatusCode, body: &str) -> UpstreamError {
     match status.as_u16() {
         404 => UpstreamError::NotFound,
         400 | 409 => UpstreamError::NotRunning(message),
-        401 | 403 => UpstreamError::Forbidden(message),
+        // The API server itself refuses the gateway (virt-api answers neither about a VM).
+        401 => UpstreamError::Unauthorized(message),
+        403 => UpstreamError::Forbidden(message),
         // KubeVirt >= 1.6.3 with preserveSession=true wraps the handler's 503 in a 500.
         500 | 503 if message.contains("Active VNC connection") => UpstreamError::Busy,
         code => UpstreamError::Status {

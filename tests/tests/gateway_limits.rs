@@ -90,7 +90,7 @@ async fn max_session_duration_ends_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_without_rbac_reports_an_upstream_error() {
+async fn a_gateway_without_rbac_is_reported_as_the_gateways_problem() {
     let env = start(Options {
         kube_user: Some(labgate_tests::standin::UserInfo::service_account(
             "labgate",
@@ -101,9 +101,10 @@ async fn a_gateway_without_rbac_reports_an_upstream_error() {
     .await
     .unwrap();
     let mut ws = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
-    let reason = assert_refused(&mut ws, 4012).await;
-    assert!(reason.contains("VM connection"), "{reason}");
-    // The stand-in answered 403 to the subresource request.
+    // The API server's 403 is about the gateway's RBAC, not the VM.
+    let reason = assert_refused(&mut ws, 4020).await;
+    assert!(reason.contains("not authorised"), "{reason}");
+    // The stand-in answered 403 to the subresource request (no retry: only 401 re-reads the token).
     assert_eq!(env.standin.subresource_requests().len(), 1);
 }
 

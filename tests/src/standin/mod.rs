@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     tokens: Mutex<HashMap<String, UserInfo>>,
     subresource_users: Mutex<HashSet<String>>,
+    /// RBAC denials on stored resources: (username, verb), e.g. `watch` on namespaces.
+    denied_verbs: Mutex<HashSet<(String, String)>>,
     requests: Mutex<Vec<RecordedRequest>>,
     kubevirt: kubevirt::KubeVirt,
     admission_hook: Mutex<Option<AdmissionHook>>,
@@ -179,6 +181,7 @@ impl StandIn {
                 UserInfo::service_account("labgate", "labgate-gateway"),
             )])),
             subresource_users: Mutex::new(HashSet::from([GATEWAY_USER.to_string()])),
+            denied_verbs: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
             kubevirt: kubevirt::KubeVirt::default(),
             admission_hook: Mutex::new(None),
@@ -225,6 +228,28 @@ impl StandIn {
             .lock()
             .expect("token lock")
             .insert(token.to_string(), user);
+    }
+
+    /// Stops accepting a bearer token (a rotated service-account token whose old one is revoked):
+    /// requests carrying it get 401 from now on.
+    pub fn revoke_token(&self, token: &str) {
+        self.shared()
+            .tokens
+            .lock()
+            .expect("token lock")
+            .remove(token);
+    }
+
+    /// Denies (`deny = true`) or gives back `verb` (`get`, `list`, `watch`, `create`, ...) on every
+    /// stored resource to `username`, as a missing RBAC rule would: 403 Forbidden before the handler.
+    pub fn deny_verb(&self, username: &str, verb: &str, deny: bool) {
+        let mut denied = self.shared().denied_verbs.lock().expect("rbac lock");
+        let entry = (username.to_string(), verb.to_string());
+        if deny {
+            denied.insert(entry);
+        } else {
+            denied.remove(&entry);
+        }
     }
 
     /// The token of the gateway's service account ([`GATEWAY_USER`]).
@@ -578,6 +603,53 @@ fn injected_failure(shared: &Shared, path: &str) -> Option<u16> {
     Some(code)
 }
 
+/// The RBAC verb of a request (apiserver `pkg/endpoints/request/requestinfo.go`: a collection GET
+/// is `list`, or `watch` with `watch=true`; PUT is `update`, DELETE on a collection
+/// `deletecollection`) and, if `user` is denied it, the 403 the authorization filter answers
+/// (`pkg/endpoints/handlers/responsewriters/errors.go` `forbiddenMessage`).
+fn rbac_denial(
+    shared: &Shared,
+    user: &UserInfo,
+    method: &hyper::Method,
+    path: &ApiPath,
+    query: &Query,
+) -> Option<ApiError> {
+    let collection = path.name.is_none();
+    let verb = match (method.as_str(), collection) {
+        ("GET", true) if matches!(query.get("watch"), Some("true" | "1")) => "watch",
+        ("GET", true) => "list",
+        ("GET", false) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "deletecollection",
+        ("DELETE", false) => "delete",
+        _ => return None,
+    };
+    let denied = shared.denied_verbs.lock().expect("rbac lock");
+    if !denied.contains(&(user.username.clone(), verb.to_string())) {
+        return None;
+    }
+    let scope = match &path.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_string(),
+    };
+    let why = format!(
+        "User \"{}\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
+        user.username, path.rt.resource, path.rt.group
+    );
+    Some(match path.name.as_deref() {
+        Some(name) => ApiError::forbidden(&path.rt, name, &why),
+        // apimachinery `errors.NewForbidden` leaves the name out of a collection's message.
+        None => ApiError::new(
+            403,
+            "Forbidden",
+            format!("{} is forbidden: {why}", path.rt.qualified()),
+            Some(serde_json::json!({ "kind": path.rt.resource })),
+        ),
+    })
+}
+
 pub(crate) fn json_response(code: u16, value: &Value) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("JSON values serialize");
     Response::builder()
@@ -657,6 +729,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             kubevirt::serve(&shared, call, req).await
         }
         Route::Resource(api_path) => {
+            if let Some(denied) = rbac_denial(&shared, &user, &method, &api_path, &query) {
+                return Ok(error_response(denied));
+            }
             let content_type = req
                 .headers()
                 .get("content-type")
