@@ -17,4 +17,6 @@ if [ -f bench/run.sh ]; then
   echo "== benchmark smoke run"
   bash bench/run.sh --smoke
 fi
+echo "== container image contents (the Containerfile's build step)"
+bash scripts/build-image.sh
 echo "== all tests passed"

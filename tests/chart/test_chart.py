@@ -393,3 +393,19 @@ def merge(base, override):
         else:
             base[k] = v
     return base
+
+
+def test_image_and_chart_agree():
+    """The Containerfile builds with the script CI runs, stages the binaries
+    where the chart starts them, and runs as the user the chart sets."""
+    containerfile = (ROOT / "Containerfile").read_text()
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    assert "RUN bash scripts/build-image.sh --root /image-root" in containerfile
+    assert "cargo build --locked --release" in script
+    assert "USER 65532:65532" in containerfile
+    assert 'install -d "$root/usr/local/bin"' in script
+    objects, _ = render(copy.deepcopy(VALUE_SETS["defaults"]))
+    for component, binary in (("gateway", "labgate-gateway"), ("admission", "labgate-admission")):
+        spec = deployment(objects, component)["spec"]["template"]["spec"]
+        assert spec["containers"][0]["command"] == [f"/usr/local/bin/{binary}"]
+        assert spec["securityContext"]["runAsUser"] == 65532

@@ -434,3 +434,74 @@ pub async fn rfb_handshake(ws: &mut Ws) -> (u16, u16) {
     assert!(rects >= 1, "framebuffer update carries rectangles");
     (width, height)
 }
+
+/// A second gateway process's worth of state in front of the same stand-in:
+/// its own index, sessions and listener, as a second replica has.
+pub struct Replica {
+    pub env: Env,
+}
+
+impl Env {
+    /// Starts another gateway (same flags, keys and stand-in) as a second
+    /// replica. The upstreams stay owned by `self`.
+    pub async fn replica(&self, extra_args: &[&str]) -> anyhow::Result<Replica> {
+        let dir = tempfile::tempdir()?;
+        let secret_path = dir.path().join("hmac-secret");
+        std::fs::write(&secret_path, &self.secret)?;
+        let (cert_path, key_path) = self
+            .standin
+            .ca()
+            .write_leaf(dir.path(), &["localhost", "127.0.0.1"]);
+        let kubeconfig = self
+            .standin
+            .write_kubeconfig(dir.path(), &self.standin.gateway_token());
+        let mut args: Vec<String> = [
+            "labgate-gateway",
+            "--tls-cert-file",
+            cert_path.to_str().unwrap(),
+            "--tls-key-file",
+            key_path.to_str().unwrap(),
+            "--jwt-hmac-secret-file",
+            secret_path.to_str().unwrap(),
+            "--jwt-audience",
+            AUDIENCE,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--watch-timeout",
+            "5s",
+            "--ping-interval",
+            "5s",
+            "--shutdown-grace",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let config = <labgate_gateway::Config as clap::Parser>::try_parse_from(args)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(labgate_gateway::run_with_listener(
+            config,
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let env = Env {
+            standin: self.standin.clone(),
+            dir,
+            addr,
+            secret: self.secret.clone(),
+            cert_path,
+            key_path,
+            xvnc: None,
+            console: None,
+            shutdown: Some(tx),
+            task,
+        };
+        env.wait_ready(Duration::from_secs(15)).await?;
+        Ok(Replica { env })
+    }
+}
