@@ -17,13 +17,13 @@ pub enum Refusal {
     BadToken,
     /// The token's `exp` has passed (at connect time).
     TokenExpired,
-    /// The token is valid but its user neither owns nor is a member of the lab, or its scope claims exclude this VM.
+    /// The token is valid but no lab of this name admits its user: the lab
+    /// is missing or malformed, belongs to someone else, or a scope claim
+    /// excludes it. One answer, so names of other users' labs do not leak.
     NotYours,
-    /// The namespace is not a (well-formed) lab.
-    NoSuchLab,
     /// The lab has no VirtualMachineInstance of that name.
     NoSuchVm,
-    /// The VM exists but is not running or has no display / serial console.
+    /// The VM exists but is not running (stopped, starting, failed).
     VmNotRunning,
     /// Another viewer opened the same VM's screen or console, which closes this one (KubeVirt allows one).
     TakenOver,
@@ -45,6 +45,12 @@ pub enum Refusal {
     ShuttingDown,
     /// The gateway has just started and has not loaded the lab list yet.
     NotReady,
+    /// The VM is paused (KubeVirt: "VMI is paused").
+    VmPaused,
+    /// The VM has no graphics device (KubeVirt: "No graphics devices are present.").
+    NoDisplay,
+    /// The VM has no serial console (KubeVirt: "No serial consoles are present.").
+    NoSerialConsole,
 }
 
 impl Refusal {
@@ -55,7 +61,6 @@ impl Refusal {
             Refusal::BadToken => 4001,
             Refusal::TokenExpired => 4002,
             Refusal::NotYours => 4003,
-            Refusal::NoSuchLab => 4004,
             Refusal::NoSuchVm => 4005,
             Refusal::VmNotRunning => 4006,
             Refusal::TakenOver => 4007,
@@ -67,6 +72,9 @@ impl Refusal {
             Refusal::VmBusy => 4013,
             Refusal::MaxDuration => 4014,
             Refusal::NotReady => 4015,
+            Refusal::VmPaused => 4016,
+            Refusal::NoDisplay => 4017,
+            Refusal::NoSerialConsole => 4018,
             // RFC 6455 "going away": the server is shutting down.
             Refusal::ShuttingDown => 1001,
         }
@@ -78,10 +86,12 @@ impl Refusal {
             Refusal::BadRequest => "bad request: expected /labs/{namespace}/{vm}/{vnc|console}",
             Refusal::BadToken => "bad token: missing, malformed or not signed by a trusted key",
             Refusal::TokenExpired => "token expired: ask the portal for a new link",
-            Refusal::NotYours => "not yours: this lab or VM belongs to someone else",
-            Refusal::NoSuchLab => "no such lab",
+            Refusal::NotYours => "not yours: no lab of this name is open to you",
             Refusal::NoSuchVm => "no such VM in this lab",
-            Refusal::VmNotRunning => "VM not running (or it has no screen/console)",
+            Refusal::VmNotRunning => "VM not running: start it from the portal",
+            Refusal::VmPaused => "VM paused: resume it from the portal",
+            Refusal::NoDisplay => "VM has no screen: open its serial console instead",
+            Refusal::NoSerialConsole => "VM has no serial console: open its screen instead",
             Refusal::TakenOver => "taken over: the VM was opened in another window",
             Refusal::VmBusy => "VM busy: someone else is viewing this screen",
             Refusal::LimitReached => "limit reached: too many open sessions",
@@ -105,8 +115,13 @@ impl Refusal {
                 StatusCode::UNAUTHORIZED
             }
             Refusal::NotYours | Refusal::Revoked => StatusCode::FORBIDDEN,
-            Refusal::NoSuchLab | Refusal::NoSuchVm => StatusCode::NOT_FOUND,
-            Refusal::VmNotRunning | Refusal::TakenOver | Refusal::VmBusy => StatusCode::CONFLICT,
+            Refusal::NoSuchVm => StatusCode::NOT_FOUND,
+            Refusal::VmNotRunning
+            | Refusal::VmPaused
+            | Refusal::NoDisplay
+            | Refusal::NoSerialConsole
+            | Refusal::TakenOver
+            | Refusal::VmBusy => StatusCode::CONFLICT,
             Refusal::LimitReached => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Idle | Refusal::MaxDuration => StatusCode::REQUEST_TIMEOUT,
             Refusal::UpstreamError => StatusCode::BAD_GATEWAY,
@@ -121,7 +136,6 @@ impl Refusal {
             Refusal::BadToken => "bad_token",
             Refusal::TokenExpired => "token_expired",
             Refusal::NotYours => "not_yours",
-            Refusal::NoSuchLab => "no_such_lab",
             Refusal::NoSuchVm => "no_such_vm",
             Refusal::VmNotRunning => "vm_not_running",
             Refusal::TakenOver => "taken_over",
@@ -134,6 +148,9 @@ impl Refusal {
             Refusal::UpstreamError => "upstream_error",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::NotReady => "not_ready",
+            Refusal::VmPaused => "vm_paused",
+            Refusal::NoDisplay => "no_display",
+            Refusal::NoSerialConsole => "no_serial_console",
         }
     }
 
@@ -144,7 +161,11 @@ impl Refusal {
             Refusal::BadToken => "bad_token",
             Refusal::TokenExpired | Refusal::SessionExpired | Refusal::MaxDuration => "expired",
             Refusal::NotYours => "forbidden",
-            Refusal::NoSuchLab | Refusal::NoSuchVm | Refusal::VmNotRunning => "not_found",
+            Refusal::NoSuchVm
+            | Refusal::VmNotRunning
+            | Refusal::VmPaused
+            | Refusal::NoDisplay
+            | Refusal::NoSerialConsole => "not_found",
             Refusal::TakenOver => "taken_over",
             Refusal::VmBusy | Refusal::UpstreamError => "upstream_error",
             Refusal::LimitReached => "limit",
@@ -166,12 +187,11 @@ impl Refusal {
     }
 
     /// All reasons, for documentation and tests.
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::BadRequest,
         Refusal::BadToken,
         Refusal::TokenExpired,
         Refusal::NotYours,
-        Refusal::NoSuchLab,
         Refusal::NoSuchVm,
         Refusal::VmNotRunning,
         Refusal::TakenOver,
@@ -184,7 +204,27 @@ impl Refusal {
         Refusal::UpstreamError,
         Refusal::ShuttingDown,
         Refusal::NotReady,
+        Refusal::VmPaused,
+        Refusal::NoDisplay,
+        Refusal::NoSerialConsole,
     ];
+}
+
+impl Refusal {
+    /// The refusal for KubeVirt's answer that a VM cannot be opened now
+    /// (a 400 or 409 `Status` from virt-api; messages from
+    /// pkg/virt-api/rest/subresource.go). Unknown messages mean "not running".
+    pub fn from_kubevirt_message(message: &str) -> Refusal {
+        if message.contains("VMI is paused") {
+            Refusal::VmPaused
+        } else if message.contains("No graphics devices are present") {
+            Refusal::NoDisplay
+        } else if message.contains("No serial consoles are present") {
+            Refusal::NoSerialConsole
+        } else {
+            Refusal::VmNotRunning
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {

@@ -62,6 +62,7 @@ async fn sigterm_drains_sessions_then_exits() {
         .arg("--insecure-plain-http")
         .arg("--jwt-hmac-secret-file")
         .arg(&secret)
+        .args(["--jwt-audience", "labgate"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--shutdown-grace", "2s", "--log-format", "json"])
@@ -99,7 +100,7 @@ async fn sigterm_drains_sessions_then_exits() {
         + 600;
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "alice@example.com", "exp": exp}),
+        &serde_json::json!({"sub": "alice@example.com", "aud": "labgate", "exp": exp}),
         &jsonwebtoken::EncodingKey::from_secret(b"sigterm-test-secret-0123456789abcdef"),
     )
     .unwrap();
