@@ -623,7 +623,9 @@ async fn two_different_credentials_are_refused() {
     };
     let bearer = |t: &str| format!("Bearer {t}");
     let base = "/labs/lab-alice/vm1/vnc";
-    let cases: Vec<(String, Option<String>, Vec<(&str, String)>)> = vec![
+    // (path, subprotocols, headers)
+    type Case<'a> = (String, Option<String>, Vec<(&'a str, String)>);
+    let cases: Vec<Case<'_>> = vec![
         (format!("{base}?token={good}&token={bad}"), None, vec![]),
         (format!("{base}/{good}?token={bad}"), None, vec![]),
         (
