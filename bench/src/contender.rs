@@ -352,6 +352,9 @@ impl Contender {
                 cmd.arg("--kube-token-file").arg(&setup.kube_token_file);
                 cmd.arg("--jwt-hmac-secret-file").arg(&setup.secret_file);
                 cmd.args(["--jwt-algorithms", "HS256"]);
+                // The bench's tokens are shared with the other contenders and
+                // carry no `aud`; its secret signs for nothing else.
+                cmd.arg("--jwt-allow-any-audience");
                 cmd.arg("--max-sessions")
                     .arg(setup.max_sessions.to_string());
                 cmd.arg("--max-sessions-per-user")

@@ -41,7 +41,9 @@ async fn main() -> anyhow::Result<()> {
             }],
             public_key_files: vec![],
             issuers: vec![],
-            audiences: vec![],
+            // The `aud` the portal signs for the gateway: without one, any
+            // token the same key signed for another application would do.
+            audiences: vec!["labgate".into()],
             leeway: Duration::from_secs(30),
             cache_capacity: 1000,
         },

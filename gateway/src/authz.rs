@@ -25,9 +25,10 @@ pub struct Grant {
 /// Decides whether `claims` may open `route`.
 ///
 /// # Errors
-/// The [`Refusal`] to report: not ready (the index has not loaded yet), no
-/// such lab, or not yours (owner/member check failed or a scope claim
-/// excludes this lab, VM or kind).
+/// The [`Refusal`] to report: not ready (the index has not loaded yet), or
+/// not yours. "Not yours" covers a missing or malformed lab, someone else's
+/// lab and a scope claim that excludes this lab, VM or kind alike: lab names
+/// often embed user ids, and a non-member must not learn which exist.
 pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Grant, Refusal> {
     let in_scope = claims.lab.as_deref().is_none_or(|l| l == route.namespace)
         && claims.vmi.as_deref().is_none_or(|v| v == route.vmi)
@@ -42,7 +43,7 @@ pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Gra
     if !index.is_ready() {
         return Err(Refusal::NotReady);
     }
-    let owner = check_membership(&route.namespace, &claims.sub, index, Refusal::NoSuchLab)?;
+    let owner = check_membership(&route.namespace, &claims.sub, index).ok_or(Refusal::NotYours)?;
     Ok(Grant {
         user: claims.sub.clone(),
         namespace: route.namespace.clone(),
@@ -57,23 +58,18 @@ pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Gra
 /// [`Refusal::Revoked`] when the lab is gone, has another owner now, or no
 /// longer admits the user.
 pub fn recheck(grant: &Grant, index: &LabIndex) -> Result<(), Refusal> {
-    match check_membership(&grant.namespace, &grant.user, index, Refusal::Revoked) {
-        Ok(owner) if owner == grant.owner => Ok(()),
+    match check_membership(&grant.namespace, &grant.user, index) {
+        Some(owner) if owner == grant.owner => Ok(()),
         _ => Err(Refusal::Revoked),
     }
 }
 
-/// The lab's owner, if the lab exists and admits `user`.
-fn check_membership(
-    namespace: &str,
-    user: &str,
-    index: &LabIndex,
-    missing: Refusal,
-) -> Result<String, Refusal> {
+/// The lab's owner, if the lab exists, is well-formed and admits `user`.
+/// One answer for every other case, so callers cannot tell them apart.
+fn check_membership(namespace: &str, user: &str, index: &LabIndex) -> Option<String> {
     match index.get(namespace).as_deref() {
-        None | Some(LabEntry::Malformed(_)) => Err(missing),
-        Some(LabEntry::Lab(lab)) if lab.admits(user) => Ok(lab.owner.clone()),
-        Some(LabEntry::Lab(_)) => Err(Refusal::NotYours),
+        Some(LabEntry::Lab(lab)) if lab.admits(user) => Some(lab.owner.clone()),
+        None | Some(LabEntry::Malformed(_)) | Some(LabEntry::Lab(_)) => None,
     }
 }
 
@@ -136,12 +132,43 @@ mod tests {
         );
         assert_eq!(
             authorize(&route("nope", ConsoleKind::Vnc), &claims("alice"), &index),
-            Err(Refusal::NoSuchLab)
+            Err(Refusal::NotYours)
         );
         assert_eq!(
             authorize(&route("broken", ConsoleKind::Vnc), &claims("alice"), &index),
-            Err(Refusal::NoSuchLab)
+            Err(Refusal::NotYours)
         );
+    }
+
+    /// Names often embed user ids: a non-member must not learn which labs
+    /// exist. A missing lab, someone else's lab, a malformed lab and a token
+    /// scoped elsewhere all get one answer.
+    #[test]
+    fn non_members_get_one_answer_for_missing_and_foreign_labs() {
+        let index = setup();
+        let foreign = authorize(
+            &route("lab-a", ConsoleKind::Vnc),
+            &claims("mallory"),
+            &index,
+        );
+        let missing = authorize(&route("nope", ConsoleKind::Vnc), &claims("mallory"), &index);
+        let broken = authorize(
+            &route("broken", ConsoleKind::Vnc),
+            &claims("mallory"),
+            &index,
+        );
+        let mut scoped = claims("mallory");
+        scoped.lab = Some("elsewhere".into());
+        let scoped = authorize(&route("lab-a", ConsoleKind::Vnc), &scoped, &index);
+        assert!(foreign.is_err());
+        assert_eq!(foreign, missing);
+        assert_eq!(foreign, broken);
+        assert_eq!(foreign, scoped);
+        let refusal = foreign.unwrap_err();
+        let missing = missing.unwrap_err();
+        assert_eq!(refusal.close_code(), missing.close_code());
+        assert_eq!(refusal.reason(), missing.reason());
+        assert_eq!(refusal.http_status(), missing.http_status());
     }
 
     #[test]
@@ -178,7 +205,7 @@ mod tests {
         index.replace_all(HashMap::new());
         assert_eq!(
             authorize(&r, &claims("alice"), &index),
-            Err(Refusal::NoSuchLab)
+            Err(Refusal::NotYours)
         );
     }
 

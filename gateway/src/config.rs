@@ -92,9 +92,20 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_JWT_ISSUER", value_delimiter = ',')]
     pub jwt_issuer: Vec<String>,
 
-    /// Accepted `aud` values (comma-separated); when set, tokens must carry `aud`.
+    /// Accepted `aud` values (comma-separated); tokens must carry one of them.
+    /// Required unless --jwt-allow-any-audience.
     #[arg(long, env = "LABGATE_GATEWAY_JWT_AUDIENCE", value_delimiter = ',')]
     pub jwt_audience: Vec<String>,
+
+    /// Accept tokens whatever their `aud`. Only for a key that signs tokens
+    /// for the gateway alone: otherwise a token the same issuer made for any
+    /// other application opens the user's labs.
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_JWT_ALLOW_ANY_AUDIENCE",
+        conflicts_with = "jwt_audience"
+    )]
+    pub jwt_allow_any_audience: bool,
 
     /// Clock-skew allowance for `exp` and `nbf`.
     #[arg(long, env = "LABGATE_GATEWAY_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -260,6 +271,13 @@ impl Config {
                 "no token keys: pass --jwt-hmac-secret-file and/or --jwt-public-key-file".into(),
             );
         }
+        if self.jwt_audience.is_empty() && !self.jwt_allow_any_audience {
+            return Err(
+                "no token audience: pass --jwt-audience (the `aud` your portal signs for the \
+                 gateway), or --jwt-allow-any-audience if the key signs tokens for nothing else"
+                    .into(),
+            );
+        }
         if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
             return Err("--max-sessions and --max-sessions-per-user must be at least 1".into());
         }
@@ -370,6 +388,8 @@ mod tests {
             "HS256,RS256",
             "--idle-timeout",
             "0",
+            "--jwt-audience",
+            "labgate",
         ])
         .unwrap();
         assert_eq!(c.jwt_hmac_secret_file.len(), 2);
@@ -381,6 +401,30 @@ mod tests {
             Config::try_parse_from(["labgate-gateway", "--jwt-hmac-secret-file", "/s"]).unwrap();
         assert!(no_tls.validate().unwrap_err().contains("TLS is required"));
         assert!(Config::try_parse_from(["labgate-gateway", "--jwt-algorithms", "none"]).is_err());
+    }
+
+    /// Without an audience, any token the identity provider issued to any of
+    /// its clients for the same `sub` would open that user's labs.
+    #[test]
+    fn an_audience_is_required_unless_any_audience_is_explicitly_allowed() {
+        let base = [
+            "labgate-gateway",
+            "--insecure-plain-http",
+            "--jwt-hmac-secret-file",
+            "/s",
+        ];
+        let parse = |extra: &[&str]| {
+            Config::try_parse_from(base.iter().chain(extra).copied()).map(|c| c.validate())
+        };
+        let err = parse(&[]).unwrap().unwrap_err();
+        assert!(
+            err.contains("--jwt-audience") && err.contains("--jwt-allow-any-audience"),
+            "{err}"
+        );
+        assert_eq!(parse(&["--jwt-audience", "labgate"]).unwrap(), Ok(()));
+        assert_eq!(parse(&["--jwt-allow-any-audience"]).unwrap(), Ok(()));
+        // Both at once is a contradiction, refused by clap.
+        assert!(parse(&["--jwt-audience", "labgate", "--jwt-allow-any-audience"]).is_err());
     }
 }
 

@@ -4,6 +4,10 @@
 //! path (noVNC), the `token` query parameter, an `Authorization: Bearer`
 //! header (native clients), or the Kubernetes bearer-subprotocol idiom
 //! `Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.<b64url(token)>`.
+//!
+//! A request may carry its token in several of these places, but never two
+//! different tokens: a proxy in front could check one while the gateway
+//! authorises the other. The same token repeated is one credential.
 
 use base64::Engine;
 use http::HeaderMap;
@@ -19,28 +23,53 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.
 /// mean "raw bytes in binary messages", which is what the gateway relays.
 const SPOKEN_PROTOCOLS: [&str; 2] = ["binary", "plain.kubevirt.io"];
 
-/// The token for a request: path or query first, then header, then subprotocol.
-pub fn token(route: &Route, headers: &HeaderMap) -> Option<String> {
-    if let Some(t) = &route.token {
-        return Some(t.clone());
-    }
-    if let Some(t) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        return Some(t.to_string());
-    }
-    offered_protocols(headers)
-        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX).map(str::to_string))
-        .and_then(|encoded| {
+/// More than one distinct token in one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict;
+
+/// The request's token, wherever it is: path or query (already reconciled
+/// by [`route`](crate::route)), `Authorization: Bearer` headers (scheme
+/// case-insensitive, RFC 7235) and bearer subprotocols.
+///
+/// # Errors
+/// [`Conflict`] when they carry different tokens.
+pub fn token(route: &Route, headers: &HeaderMap) -> Result<Option<String>, Conflict> {
+    let from_headers = headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(bearer);
+    let from_protocols = offered_protocols(headers)
+        .filter_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
+        .filter_map(|encoded| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(encoded.trim_end_matches('='))
                 .ok()
         })
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter_map(|bytes| String::from_utf8(bytes).ok());
+    let mut found: Option<String> = None;
+    for candidate in route
+        .token
+        .iter()
+        .cloned()
+        .chain(from_headers)
+        .chain(from_protocols)
+    {
+        match &found {
+            Some(t) if *t != candidate => return Err(Conflict),
+            Some(_) => {}
+            None => found = Some(candidate),
+        }
+    }
+    Ok(found)
+}
+
+/// The token of an `Authorization: Bearer <token>` value. Other schemes
+/// (Basic for a proxy in front, …) are not the gateway's credentials.
+fn bearer(value: &str) -> Option<String> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
 }
 
 /// The subprotocol to echo in the 101 response: the first one the client
@@ -80,7 +109,7 @@ mod tests {
     #[test]
     fn token_sources_in_order() {
         let mut h = HeaderMap::new();
-        assert_eq!(token(&route(None), &h), None);
+        assert_eq!(token(&route(None), &h), Ok(None));
         let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("from.proto.col");
         h.insert(
             SEC_WEBSOCKET_PROTOCOL,
@@ -88,13 +117,68 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(token(&route(None), &h).as_deref(), Some("from.proto.col"));
-        h.insert(AUTHORIZATION, "Bearer from.head.er".parse().unwrap());
-        assert_eq!(token(&route(None), &h).as_deref(), Some("from.head.er"));
         assert_eq!(
-            token(&route(Some("from.pa.th")), &h).as_deref(),
+            token(&route(None), &h).unwrap().as_deref(),
+            Some("from.proto.col")
+        );
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer from.head.er".parse().unwrap());
+        assert_eq!(
+            token(&route(None), &h).unwrap().as_deref(),
+            Some("from.head.er")
+        );
+        let h = HeaderMap::new();
+        assert_eq!(
+            token(&route(Some("from.pa.th")), &h).unwrap().as_deref(),
             Some("from.pa.th")
         );
+    }
+
+    fn proto(token: &str) -> String {
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+        format!("{BEARER_PROTOCOL_PREFIX}{encoded}, binary")
+    }
+
+    #[test]
+    fn two_different_credentials_are_refused() {
+        // Header plus subprotocol.
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer good.to.ken".parse().unwrap());
+        h.insert(SEC_WEBSOCKET_PROTOCOL, proto("bad.to.ken").parse().unwrap());
+        assert_eq!(token(&route(None), &h), Err(Conflict));
+        // Path (or query) plus header.
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer bad.to.ken".parse().unwrap());
+        assert_eq!(token(&route(Some("good.to.ken")), &h), Err(Conflict));
+        // Two Authorization headers.
+        let mut h = HeaderMap::new();
+        h.append(AUTHORIZATION, "Bearer good.to.ken".parse().unwrap());
+        h.append(AUTHORIZATION, "Bearer bad.to.ken".parse().unwrap());
+        assert_eq!(token(&route(None), &h), Err(Conflict));
+        // The same token twice is one credential.
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer same.to.ken".parse().unwrap());
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            proto("same.to.ken").parse().unwrap(),
+        );
+        assert_eq!(
+            token(&route(Some("same.to.ken")), &h).unwrap().as_deref(),
+            Some("same.to.ken")
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["bearer a.b.c", "BEARER a.b.c", "Bearer   a.b.c"] {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, header.parse().unwrap());
+            assert_eq!(
+                token(&route(None), &h).unwrap().as_deref(),
+                Some("a.b.c"),
+                "{header}"
+            );
+        }
     }
 
     #[test]

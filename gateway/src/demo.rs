@@ -24,9 +24,14 @@ pub const DEMO_LAB: &str = "demo";
 pub const DEMO_USER: &str = "student@example.com";
 /// The demo VM.
 pub const DEMO_VM: &str = "demo-vm";
+/// The audience the demo gateway requires and its printed token carries.
+pub const DEMO_AUDIENCE: &str = "labgate-demo";
 
-/// Files the demo writes (secret, labs file) in a private temp directory.
+/// Files the demo writes (secret, labs file) in a private temp directory
+/// (random name, mode 0700, removed when this is dropped).
 pub struct DemoFiles {
+    /// The directory; kept so it lives as long as the gateway.
+    pub dir: tempfile::TempDir,
     /// HMAC secret file.
     pub secret_file: PathBuf,
     /// Labs file with the demo lab.
@@ -40,21 +45,39 @@ pub struct DemoFiles {
 /// # Errors
 /// When the temp directory cannot be written.
 pub fn write_files() -> std::io::Result<DemoFiles> {
-    let dir = std::env::temp_dir().join(format!("labgate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    // A predictable name would let another local user create it first and
+    // read or replace the secret: tempfile picks a random name, mode 0700.
+    let dir = tempfile::Builder::new().prefix("labgate-demo-").tempdir()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    }
     let secret: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
-    let secret_file = dir.join("hmac-secret");
-    std::fs::write(&secret_file, &secret)?;
-    let labs_file = dir.join("labs.yaml");
+    let secret_file = dir.path().join("hmac-secret");
+    write_private(&secret_file, &secret)?;
+    let labs_file = dir.path().join("labs.yaml");
     std::fs::write(
         &labs_file,
         format!("labs:\n  - namespace: {DEMO_LAB}\n    owner: {DEMO_USER}\n    members: []\n"),
     )?;
     Ok(DemoFiles {
+        dir,
         secret_file,
         labs_file,
         secret,
     })
+}
+
+/// Creates `path` readable by its owner only (0600) and writes `bytes`.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// A token for the demo user, valid for `ttl`.
@@ -64,7 +87,7 @@ pub fn token(secret: &[u8], ttl: Duration) -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0)
         + ttl.as_secs();
-    let claims = serde_json::json!({ "sub": DEMO_USER, "exp": exp });
+    let claims = serde_json::json!({ "sub": DEMO_USER, "aud": DEMO_AUDIENCE, "exp": exp });
     jsonwebtoken::encode(
         &Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -83,8 +106,9 @@ impl Backend for DemoBackend {
                 return Err(UpstreamError::NotFound);
             }
             if target.kind == ConsoleKind::Vnc {
+                // KubeVirt's own words for a VM without a graphics device.
                 return Err(UpstreamError::NotRunning(
-                    "the demo VM has no display; open its console".into(),
+                    "No graphics devices are present.".into(),
                 ));
             }
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
@@ -162,4 +186,28 @@ pub fn print_instructions(addr: std::net::SocketAddr, token: &str) {
 /// Shared pieces of the demo gateway.
 pub fn backend() -> Arc<dyn Backend> {
     Arc::new(DemoBackend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_secret_is_private_and_its_directory_unpredictable() {
+        let a = write_files().unwrap();
+        let b = write_files().unwrap();
+        assert_ne!(a.dir.path(), b.dir.path(), "two runs share a directory");
+        assert!(
+            !a.dir
+                .path()
+                .to_string_lossy()
+                .contains(&std::process::id().to_string()),
+            "directory named after the process id"
+        );
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&a.secret_file), 0o600);
+        assert_eq!(mode(a.dir.path()), 0o700);
+        assert_eq!(std::fs::read(&a.secret_file).unwrap(), a.secret);
+    }
 }

@@ -106,6 +106,8 @@ pub async fn run_with_listener(
             path: files.secret_file.clone(),
         }];
         config.jwt_algorithms = vec![jsonwebtoken::Algorithm::HS256];
+        config.jwt_audience = vec![demo::DEMO_AUDIENCE.to_string()];
+        config.jwt_allow_any_audience = false;
         config.labs_file = Some(files.labs_file.clone());
         config.insecure_plain_http = true;
         Some(files)

@@ -17,13 +17,13 @@ pub enum Refusal {
     BadToken,
     /// The token's `exp` has passed (at connect time).
     TokenExpired,
-    /// The token is valid but its user neither owns nor is a member of the lab, or its scope claims exclude this VM.
+    /// The token is valid but no lab of this name admits its user: the lab
+    /// is missing or malformed, belongs to someone else, or a scope claim
+    /// excludes it. One answer, so names of other users' labs do not leak.
     NotYours,
-    /// The namespace is not a (well-formed) lab.
-    NoSuchLab,
     /// The lab has no VirtualMachineInstance of that name.
     NoSuchVm,
-    /// The VM exists but is not running or has no display / serial console.
+    /// The VM exists but is not running (stopped, starting, failed).
     VmNotRunning,
     /// Another viewer opened the same VM's screen or console, which closes this one (KubeVirt allows one).
     TakenOver,
@@ -45,6 +45,12 @@ pub enum Refusal {
     ShuttingDown,
     /// The lab list is not loaded yet, or too old to decide on (the namespace watch keeps failing).
     NotReady,
+    /// The VM is paused (KubeVirt: "VMI is paused").
+    VmPaused,
+    /// The VM has no graphics device (KubeVirt: "No graphics devices are present.").
+    NoDisplay,
+    /// The VM has no serial console (KubeVirt: "No serial consoles are present.").
+    NoSerialConsole,
     /// The API server refused the gateway's own credentials (401) or permissions (403): a
     /// misconfiguration of the gateway, not a problem of the VM.
     GatewayUnauthorized,
@@ -58,7 +64,6 @@ impl Refusal {
             Refusal::BadToken => 4001,
             Refusal::TokenExpired => 4002,
             Refusal::NotYours => 4003,
-            Refusal::NoSuchLab => 4004,
             Refusal::NoSuchVm => 4005,
             Refusal::VmNotRunning => 4006,
             Refusal::TakenOver => 4007,
@@ -70,7 +75,9 @@ impl Refusal {
             Refusal::VmBusy => 4013,
             Refusal::MaxDuration => 4014,
             Refusal::NotReady => 4015,
-            // 4016-4019 are left for reasons about the VM's state.
+            Refusal::VmPaused => 4016,
+            Refusal::NoDisplay => 4017,
+            Refusal::NoSerialConsole => 4018,
             Refusal::GatewayUnauthorized => 4020,
             // RFC 6455 "going away": the server is shutting down.
             Refusal::ShuttingDown => 1001,
@@ -83,10 +90,12 @@ impl Refusal {
             Refusal::BadRequest => "bad request: expected /labs/{namespace}/{vm}/{vnc|console}",
             Refusal::BadToken => "bad token: missing, malformed or not signed by a trusted key",
             Refusal::TokenExpired => "token expired: ask the portal for a new link",
-            Refusal::NotYours => "not yours: this lab or VM belongs to someone else",
-            Refusal::NoSuchLab => "no such lab",
+            Refusal::NotYours => "not yours: no lab of this name is open to you",
             Refusal::NoSuchVm => "no such VM in this lab",
-            Refusal::VmNotRunning => "VM not running (or it has no screen/console)",
+            Refusal::VmNotRunning => "VM not running: start it from the portal",
+            Refusal::VmPaused => "VM paused: resume it from the portal",
+            Refusal::NoDisplay => "VM has no screen: open its serial console instead",
+            Refusal::NoSerialConsole => "VM has no serial console: open its screen instead",
             Refusal::TakenOver => "taken over: the VM was opened in another window",
             Refusal::VmBusy => "VM busy: someone else is viewing this screen",
             Refusal::LimitReached => "limit reached: too many open sessions",
@@ -115,8 +124,13 @@ impl Refusal {
                 StatusCode::UNAUTHORIZED
             }
             Refusal::NotYours | Refusal::Revoked => StatusCode::FORBIDDEN,
-            Refusal::NoSuchLab | Refusal::NoSuchVm => StatusCode::NOT_FOUND,
-            Refusal::VmNotRunning | Refusal::TakenOver | Refusal::VmBusy => StatusCode::CONFLICT,
+            Refusal::NoSuchVm => StatusCode::NOT_FOUND,
+            Refusal::VmNotRunning
+            | Refusal::VmPaused
+            | Refusal::NoDisplay
+            | Refusal::NoSerialConsole
+            | Refusal::TakenOver
+            | Refusal::VmBusy => StatusCode::CONFLICT,
             Refusal::LimitReached => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Idle | Refusal::MaxDuration => StatusCode::REQUEST_TIMEOUT,
             Refusal::UpstreamError | Refusal::GatewayUnauthorized => StatusCode::BAD_GATEWAY,
@@ -131,7 +145,6 @@ impl Refusal {
             Refusal::BadToken => "bad_token",
             Refusal::TokenExpired => "token_expired",
             Refusal::NotYours => "not_yours",
-            Refusal::NoSuchLab => "no_such_lab",
             Refusal::NoSuchVm => "no_such_vm",
             Refusal::VmNotRunning => "vm_not_running",
             Refusal::TakenOver => "taken_over",
@@ -144,6 +157,9 @@ impl Refusal {
             Refusal::UpstreamError => "upstream_error",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::NotReady => "not_ready",
+            Refusal::VmPaused => "vm_paused",
+            Refusal::NoDisplay => "no_display",
+            Refusal::NoSerialConsole => "no_serial_console",
             Refusal::GatewayUnauthorized => "gateway_unauthorized",
         }
     }
@@ -155,7 +171,11 @@ impl Refusal {
             Refusal::BadToken => "bad_token",
             Refusal::TokenExpired | Refusal::SessionExpired | Refusal::MaxDuration => "expired",
             Refusal::NotYours => "forbidden",
-            Refusal::NoSuchLab | Refusal::NoSuchVm | Refusal::VmNotRunning => "not_found",
+            Refusal::NoSuchVm
+            | Refusal::VmNotRunning
+            | Refusal::VmPaused
+            | Refusal::NoDisplay
+            | Refusal::NoSerialConsole => "not_found",
             Refusal::TakenOver => "taken_over",
             Refusal::VmBusy | Refusal::UpstreamError => "upstream_error",
             Refusal::LimitReached => "limit",
@@ -178,12 +198,11 @@ impl Refusal {
     }
 
     /// All reasons, for documentation and tests.
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::BadRequest,
         Refusal::BadToken,
         Refusal::TokenExpired,
         Refusal::NotYours,
-        Refusal::NoSuchLab,
         Refusal::NoSuchVm,
         Refusal::VmNotRunning,
         Refusal::TakenOver,
@@ -196,8 +215,28 @@ impl Refusal {
         Refusal::UpstreamError,
         Refusal::ShuttingDown,
         Refusal::NotReady,
+        Refusal::VmPaused,
+        Refusal::NoDisplay,
+        Refusal::NoSerialConsole,
         Refusal::GatewayUnauthorized,
     ];
+}
+
+impl Refusal {
+    /// The refusal for KubeVirt's answer that a VM cannot be opened now
+    /// (a 400 or 409 `Status` from virt-api; messages from
+    /// pkg/virt-api/rest/subresource.go). Unknown messages mean "not running".
+    pub fn from_kubevirt_message(message: &str) -> Refusal {
+        if message.contains("VMI is paused") {
+            Refusal::VmPaused
+        } else if message.contains("No graphics devices are present") {
+            Refusal::NoDisplay
+        } else if message.contains("No serial consoles are present") {
+            Refusal::NoSerialConsole
+        } else {
+            Refusal::VmNotRunning
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {

@@ -109,7 +109,6 @@ fn parse_session(rest: &str, query: Option<&str>) -> Option<Route> {
         return None;
     }
     let kind = ConsoleKind::parse(kind)?;
-    let query_token = query.and_then(token_from_query);
     let path_token = match path_token {
         // A trailing slash is tolerated; an empty token is not a token.
         Some("") => None,
@@ -117,11 +116,20 @@ fn parse_session(rest: &str, query: Option<&str>) -> Option<Route> {
         Some(t) => Some(t.to_string()),
         None => None,
     };
+    // Two different tokens (path and query, or the query twice): a proxy in
+    // front may check one and the gateway the other, so neither is taken.
+    let mut tokens = path_token
+        .into_iter()
+        .chain(query.into_iter().flat_map(tokens_from_query));
+    let token = tokens.next();
+    if tokens.any(|other| Some(&other) != token.as_ref()) {
+        return None;
+    }
     Some(Route {
         namespace: namespace.to_string(),
         vmi: vmi.to_string(),
         kind,
-        token: path_token.or(query_token),
+        token,
     })
 }
 
@@ -145,11 +153,12 @@ fn is_token_charset(s: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
 }
 
-fn token_from_query(query: &str) -> Option<String> {
+/// Every non-empty `token` query parameter, decoded.
+fn tokens_from_query(query: &str) -> impl Iterator<Item = String> + '_ {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "token")
+        .filter(|(k, _)| *k == "token")
         .map(|(_, v)| {
             percent_encoding::percent_decode_str(v)
                 .decode_utf8_lossy()
@@ -206,6 +215,25 @@ mod tests {
             parse(&format!("/labs/{long}/vm/vnc"), None),
             Target::BadSession
         );
+    }
+
+    /// A proxy in front may check one token and the gateway another: a
+    /// request carrying two different ones is refused as a bad request.
+    #[test]
+    fn two_different_tokens_in_path_and_query_are_refused() {
+        for (path, query) in [
+            ("/labs/lab-1/vm-a/vnc", "token=good.t.k&token=bad.t.k"),
+            ("/labs/lab-1/vm-a/vnc/good.t.k", "token=bad.t.k"),
+        ] {
+            assert_eq!(
+                parse(path, Some(query)),
+                Target::BadSession,
+                "{path}?{query}"
+            );
+        }
+        // The same token twice is one credential.
+        let r = session("/labs/lab-1/vm-a/vnc/same.t.k", Some("token=same.t.k")).unwrap();
+        assert_eq!(r.token.as_deref(), Some("same.t.k"));
     }
 
     #[test]

@@ -218,7 +218,10 @@ impl Gateway {
             .observe(decided.elapsed().as_secs_f64());
         let grant = match decision {
             Ok(grant) => grant,
-            Err(refusal) => return self.refuse(req, Some(&route), None, refusal),
+            // The user is known once the token verified: the audit line names them.
+            Err((user, refusal)) => {
+                return self.refuse(req, Some(&route), user.as_deref(), refusal);
+            }
         };
         let Some(ws_key) = websocket else {
             // Authorised, but a console needs a websocket.
@@ -290,18 +293,30 @@ impl Gateway {
         response
     }
 
-    async fn authorize(&self, route: &Route, headers: &HeaderMap) -> Result<Grant, Refusal> {
-        let token = credentials::token(route, headers).ok_or(Refusal::BadToken)?;
+    /// The grant, or the refusal with the token's user when the token was
+    /// valid (for the audit line; never the token itself).
+    async fn authorize(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+    ) -> Result<Grant, (Option<String>, Refusal)> {
+        let token = match credentials::token(route, headers) {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err((None, Refusal::BadToken)),
+            // Two different tokens: which one a proxy in front checked is unknown.
+            Err(credentials::Conflict) => return Err((None, Refusal::BadRequest)),
+        };
         let claims = self
             .shared
             .verifier
             .verify(&token)
             .await
             .map_err(|e| match e {
-                TokenError::Expired => Refusal::TokenExpired,
-                TokenError::Invalid => Refusal::BadToken,
+                TokenError::Expired => (None, Refusal::TokenExpired),
+                TokenError::Invalid => (None, Refusal::BadToken),
             })?;
         authz::authorize(route, &claims, &self.shared.index)
+            .map_err(|r| (Some(claims.sub.clone()), r))
     }
 
     #[allow(clippy::too_many_arguments)] // the parts of one session, handed over once

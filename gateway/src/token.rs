@@ -13,7 +13,6 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -61,7 +60,7 @@ pub struct TokenSettings {
     pub issuers: Vec<String>,
     /// Accepted `aud` values; when set, `aud` is required.
     pub audiences: Vec<String>,
-    /// Clock-skew allowance for `exp` and `nbf`.
+    /// Clock-skew allowance for `nbf` only (`exp` gets none: a session must be able to live).
     pub leeway: Duration,
     /// Maximum number of verified tokens kept in the cache.
     pub cache_capacity: u64,
@@ -114,6 +113,11 @@ pub enum KeyError {
         path = path.display()
     )]
     WeakSecret { path: PathBuf, len: usize },
+    #[error(
+        "{path} looks like a PEM file, not an HMAC secret; public keys go in --jwt-public-key-file",
+        path = path.display()
+    )]
+    PemAsSecret { path: PathBuf },
 }
 
 struct LoadedKey {
@@ -150,6 +154,13 @@ impl moka::Expiry<TokenDigest, Arc<Claims>> for UntilExpiry {
     ) -> Option<Duration> {
         Some(Duration::from_secs(claims.exp.saturating_sub(now_secs())))
     }
+}
+
+/// The one expiry rule, at connect and during the session: a token lives
+/// while `now < exp`. No leeway: a session admitted after `exp` would be
+/// ended at once, after its upstream had already taken the VM over.
+fn alive(exp: u64) -> bool {
+    now_secs() < exp
 }
 
 fn now_secs() -> u64 {
@@ -189,13 +200,16 @@ impl TokenVerifier {
         if let Some(claims) = self.cache.get(&key).await {
             self.metrics.token_cache_hits.inc();
             // The cache drops entries at `exp`; this guards the last second.
-            if claims.exp + self.settings.leeway.as_secs() < now_secs() {
+            if !alive(claims.exp) {
                 return Err(TokenError::Expired);
             }
             return Ok(claims);
         }
         self.metrics.token_cache_misses.inc();
         let claims = Arc::new(self.verify_uncached(token)?);
+        if !alive(claims.exp) {
+            return Err(TokenError::Expired);
+        }
         self.cache.insert(key, claims.clone()).await;
         Ok(claims)
     }
@@ -209,6 +223,10 @@ impl TokenVerifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.settings.leeway.as_secs();
         validation.validate_nbf = true;
+        // `exp` is checked by `alive`, without leeway: the session ends at
+        // `exp`, so a token admitted past it could only kick the current
+        // viewer off the VM and die (see `verify`).
+        validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if self.settings.issuers.is_empty() {
             validation.iss = None;
@@ -233,19 +251,12 @@ impl TokenVerifier {
                     (None, _) => true,
                 }
         });
-        let mut result = Err(TokenError::Invalid);
-        for key in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return Ok(data.claims),
-                // Another key may still verify the signature; remember expiry.
-                Err(e) => {
-                    if *e.kind() == ErrorKind::ExpiredSignature {
-                        result = Err(TokenError::Expired);
-                    }
-                }
-            }
-        }
-        result
+        // Another key of the family may still verify the signature.
+        candidates
+            .filter_map(|key| jsonwebtoken::decode::<Claims>(token, &key.key, &validation).ok())
+            .map(|data| data.claims)
+            .next()
+            .ok_or(TokenError::Invalid)
     }
 
     /// Reloads keys if their files changed. Keeps the old keys on error.
@@ -302,6 +313,12 @@ fn load_keys(settings: &TokenSettings) -> Result<Vec<LoadedKey>, KeyError> {
             if secret.ends_with(b"\r") {
                 secret.pop();
             }
+        }
+        // A public key is public: as an HMAC secret, anyone could sign tokens.
+        if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
+            return Err(KeyError::PemAsSecret {
+                path: file.path.clone(),
+            });
         }
         // An empty or short secret would let anyone guess it and sign tokens.
         if secret.len() < MIN_HMAC_SECRET {
@@ -518,6 +535,48 @@ mod tests {
                 Ok(_) => panic!("{secret:?} accepted as an HMAC secret"),
             }
         }
+    }
+
+    /// A PEM public key given as an HMAC secret is an operator mistake that
+    /// would let anyone holding the (public) key sign tokens.
+    #[test]
+    fn a_pem_file_is_refused_as_an_hmac_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let s = settings(dir.path());
+        std::fs::write(dir.path().join("secret"), ec.public_key_pem()).unwrap();
+        match TokenVerifier::new(s, Arc::new(Metrics::new())) {
+            Err(e @ KeyError::PemAsSecret { .. }) => assert!(e.to_string().contains("PEM"), "{e}"),
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("a PEM public key was accepted as an HMAC secret"),
+        }
+    }
+
+    /// One rule at connect and during the session: a token is usable while
+    /// `now < exp`. The leeway only forgives `nbf` (a portal clock ahead).
+    #[tokio::test]
+    async fn exp_gets_no_leeway() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TokenSettings {
+            leeway: Duration::from_secs(60),
+            ..settings(dir.path())
+        };
+        let v = TokenVerifier::new(s, Arc::new(Metrics::new())).unwrap();
+        let mut claims = good_claims();
+        claims["exp"] = json!(now_secs() - 5);
+        let t = sign(claims, SECRET, Algorithm::HS256);
+        assert_eq!(v.verify(&t).await, Err(TokenError::Expired));
+        let mut claims = good_claims();
+        claims["exp"] = json!(now_secs());
+        let t = sign(claims, SECRET, Algorithm::HS256);
+        assert_eq!(v.verify(&t).await, Err(TokenError::Expired));
+        let mut claims = good_claims();
+        claims["nbf"] = json!(now_secs() + 30);
+        assert!(
+            v.verify(&sign(claims, SECRET, Algorithm::HS256))
+                .await
+                .is_ok()
+        );
     }
 
     /// Public-key tokens: EC and Ed25519 keys from rcgen, RSA from openssl.

@@ -79,7 +79,7 @@ impl UpstreamError {
     pub fn refusal(&self) -> Refusal {
         match self {
             UpstreamError::NotFound => Refusal::NoSuchVm,
-            UpstreamError::NotRunning(_) => Refusal::VmNotRunning,
+            UpstreamError::NotRunning(message) => Refusal::from_kubevirt_message(message),
             UpstreamError::Busy => Refusal::VmBusy,
             UpstreamError::Unauthorized(_) | UpstreamError::Forbidden(_) => {
                 Refusal::GatewayUnauthorized
@@ -326,6 +326,20 @@ mod tests {
             ),
             UpstreamError::Busy
         ));
+        // Stopped, paused and display-less VMs each get their own sentence
+        // (KubeVirt's messages, pkg/virt-api/rest/subresource.go).
+        let causes = [
+            classify_refusal(StatusCode::BAD_REQUEST, &status(400, "VMI is not running")).refusal(),
+            classify_refusal(
+                StatusCode::CONFLICT,
+                &status(409, "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"vm1\": VMI is paused"),
+            )
+            .refusal(),
+            classify_refusal(StatusCode::BAD_REQUEST, &status(400, "No graphics devices are present.")).refusal(),
+            classify_refusal(StatusCode::BAD_REQUEST, &status(400, "No serial consoles are present.")).refusal(),
+        ];
+        let reasons: std::collections::HashSet<_> = causes.iter().map(|r| r.reason()).collect();
+        assert_eq!(reasons.len(), causes.len(), "{causes:?}");
         assert!(matches!(
             classify_refusal(StatusCode::FORBIDDEN, "plain text"),
             UpstreamError::Forbidden(_)

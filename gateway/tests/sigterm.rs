@@ -62,6 +62,7 @@ async fn sigterm_drains_sessions_then_exits() {
         .arg("--insecure-plain-http")
         .arg("--jwt-hmac-secret-file")
         .arg(&secret)
+        .args(["--jwt-audience", "labgate"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--shutdown-grace", "2s", "--log-format", "json"])
@@ -99,10 +100,28 @@ async fn sigterm_drains_sessions_then_exits() {
         + 600;
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "alice@example.com", "exp": exp}),
+        &serde_json::json!({"sub": "alice@example.com", "aud": "labgate", "exp": exp}),
         &jsonwebtoken::EncodingKey::from_secret(b"sigterm-test-secret-0123456789abcdef"),
     )
     .unwrap();
+    // A refusal after a valid token names the user who tried (never the token).
+    let refused = http_get(addr, &format!("/labs/lab-2/vm1/console/{token}")).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let audit = lines.lock().unwrap().iter().find_map(|line| {
+            let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+            (v["fields"]["message"] == "session refused").then(|| v["fields"].clone())
+        });
+        if let Some(fields) = audit {
+            assert_eq!(fields["user"], "alice@example.com", "{fields}");
+            assert_eq!(fields["lab"], "lab-2", "{fields}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no audit line for the refusal");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     let url = format!("ws://{addr}/labs/lab-1/vm1/console/{token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let mut seen = String::new();

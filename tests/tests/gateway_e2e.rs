@@ -112,7 +112,7 @@ async fn refusals_are_visible_to_websocket_and_http_clients() {
     // (path, websocket close code, HTTP status)
     let cases = [
         (format!("/labs/lab-bob/vm1/vnc/{alice}"), 4003, 403),
-        (format!("/labs/no-such-lab/vm1/vnc/{alice}"), 4004, 404),
+        (format!("/labs/no-such-lab/vm1/vnc/{alice}"), 4003, 403),
         ("/labs/lab-alice/vm1/vnc".to_string(), 4001, 401),
         (format!("/labs/Lab-Alice/vm1/vnc/{alice}"), 4000, 400),
         (format!("/labs/lab-alice/vm1/screenshot/{alice}"), 4000, 400),
@@ -205,22 +205,25 @@ async fn bad_tokens_never_reach_the_upstream() {
 async fn missing_and_stopped_vms_get_clear_errors() {
     let env = start(Options::default()).await.unwrap();
     let token = env.token(ALICE);
-    for (vm, kind, code) in [
-        ("ghost", "vnc", 4005),
-        ("stopped", "vnc", 4006),
-        ("stopped", "console", 4006),
-        ("failed", "vnc", 4006),
-        ("failed", "console", 4006),
-        ("headless", "vnc", 4006),
+    // Each cause its own code and sentence: stopped, paused, no screen.
+    for (vm, kind, code, words) in [
+        ("ghost", "vnc", 4005, "no such VM"),
+        ("stopped", "vnc", 4006, "not running"),
+        ("stopped", "console", 4006, "not running"),
+        ("failed", "vnc", 4006, "not running"),
+        ("failed", "console", 4006, "not running"),
+        ("paused", "vnc", 4016, "paused"),
+        ("paused", "console", 4016, "paused"),
+        ("headless", "vnc", 4017, "no screen"),
     ] {
         let mut ws = env.open("lab-alice", vm, kind, &token).await;
         let reason = assert_refused(&mut ws, code).await;
-        assert!(reason.contains("VM"), "{vm}/{kind}: {reason}");
+        assert!(reason.contains(words), "{vm}/{kind}: {reason}");
     }
     // Each of them was asked of the stand-in (these are KubeVirt's answers,
     // not the gateway's guesses), and none reached an upstream.
     let calls = env.standin.requests();
-    for vm in ["ghost", "stopped", "failed", "headless"] {
+    for vm in ["ghost", "stopped", "failed", "paused", "headless"] {
         assert!(
             calls
                 .iter()
@@ -545,4 +548,136 @@ async fn tls_certificate_rotates_without_dropping_sessions() {
 async fn peer_cert(env: &Env) -> rustls::pki_types::CertificateDer<'static> {
     let tls = env.tls_connect().await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// Lab names often embed user ids: a non-member's token gets the same code,
+/// sentence, status and body for someone else's lab and for no lab at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_cannot_tell_missing_labs_from_foreign_ones() {
+    let env = start(Options::default()).await.unwrap();
+    let mallory = env.token("mallory@example.com");
+    let mut answers = Vec::new();
+    for lab in ["lab-bob", "no-such-lab"] {
+        let path = format!("/labs/{lab}/vm1/vnc/{mallory}");
+        let (mut ws, _) = env.ws(&path, None, &[]).await.unwrap();
+        let frame = expect_close(&mut ws, Duration::from_secs(5)).await.unwrap();
+        let (status, body) = env.http(&path, &[]).await.unwrap();
+        answers.push((
+            u16::from(frame.code),
+            frame.reason.to_string(),
+            status,
+            body,
+        ));
+    }
+    assert_eq!(answers[0], answers[1]);
+    // The owner still gets precise answers inside their lab.
+    let mut ws = env
+        .open("lab-alice", "ghost", "vnc", &env.token(ALICE))
+        .await;
+    assert_refused(&mut ws, 4005).await;
+}
+
+/// A token within --jwt-leeway past its `exp` used to be admitted, dial the
+/// VM (KubeVirt kicks the current viewer) and end at once with 4010.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_just_expired_token_neither_dials_nor_kicks_the_viewer() {
+    let env = start(Options {
+        extra_args: vec!["--jwt-leeway".into(), "60s".into()],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let mut viewer = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
+    let (w, h) = rfb_handshake(&mut viewer).await;
+    assert_eq!(subresource_count(&env), 1);
+    let stale = env.sign(json!({"sub": TUTOR, "aud": AUDIENCE, "exp": now() - 5}));
+    let mut late = env.open("lab-alice", "vm1", "vnc", &stale).await;
+    assert_refused(&mut late, 4002).await;
+    assert_eq!(
+        subresource_count(&env),
+        1,
+        "the stale token reached KubeVirt"
+    );
+    // The viewer still has the screen: a full update request is answered.
+    let mut req = vec![3u8, 0, 0, 0, 0, 0];
+    req.extend_from_slice(&w.to_be_bytes());
+    req.extend_from_slice(&h.to_be_bytes());
+    viewer.send(Message::Binary(req.into())).await.unwrap();
+    let update = ByteReader::new().read_exact(&mut viewer, 4).await;
+    assert_eq!(update[0], 0, "FramebufferUpdate after the stale attempt");
+}
+
+/// Two different tokens in one request are refused (4000/400) before any
+/// upstream request; the same token twice, and `bearer` in any case, work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_different_credentials_are_refused() {
+    let env = start(Options::default()).await.unwrap();
+    let good = env.token(ALICE);
+    let bad = env.token(BOB);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let proto = |t: &str| {
+        format!(
+            "base64url.bearer.authorization.k8s.io.{}, binary",
+            b64.encode(t)
+        )
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    let base = "/labs/lab-alice/vm1/vnc";
+    // (path, subprotocols, headers)
+    type Case<'a> = (String, Option<String>, Vec<(&'a str, String)>);
+    let cases: Vec<Case<'_>> = vec![
+        (format!("{base}?token={good}&token={bad}"), None, vec![]),
+        (format!("{base}/{good}?token={bad}"), None, vec![]),
+        (
+            base.into(),
+            Some(proto(&bad)),
+            vec![("authorization", bearer(&good))],
+        ),
+    ];
+    for (path, protocols, headers) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (mut ws, _) = env.ws(path, protocols.as_deref(), &headers).await.unwrap();
+        assert_refused(&mut ws, 4000).await;
+        let mut http_headers = headers.clone();
+        let protocol_header;
+        if let Some(p) = protocols {
+            protocol_header = p.clone();
+            http_headers.push(("sec-websocket-protocol", &protocol_header));
+        }
+        let (status, body) = env.http(path, &http_headers).await.unwrap();
+        assert_eq!(status, 400, "{body}");
+    }
+    // Two Authorization headers (the ws helper sets one header per name).
+    let (status, body) = env
+        .http(
+            base,
+            &[
+                ("authorization", &bearer(&good)),
+                ("authorization", &bearer(&bad)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "two Authorization headers: {body}");
+    assert_eq!(
+        subresource_count(&env),
+        0,
+        "a conflicting request reached KubeVirt"
+    );
+
+    for scheme in ["bearer", "BEARER"] {
+        let (status, body) = env
+            .http(base, &[("authorization", &format!("{scheme} {good}"))])
+            .await
+            .unwrap();
+        assert_eq!(status, 426, "{scheme}: {body}");
+    }
+    let (status, body) = env
+        .http(
+            &format!("{base}/{good}?token={good}"),
+            &[("authorization", &bearer(&good))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 426, "the same token twice: {body}");
 }

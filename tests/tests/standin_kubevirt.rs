@@ -428,6 +428,28 @@ async fn refusals_come_before_the_upgrade_as_status() {
     .await;
     assert_eq!((code, status["reason"].as_str()), (409, Some("Conflict")));
 
+    // Paused (the Paused condition, phase still Running): 409 "VMI is paused"
+    // for both kinds, as virt-api's VNC and console validators answer.
+    standin.add_vmi(
+        "lab-a",
+        "paused",
+        Vmi::running(Some(xvnc_socket.clone()), Some(xvnc_socket.clone())),
+    );
+    standin.set_vmi_paused("lab-a", "paused", true);
+    for kind in ["vnc", "console"] {
+        let (code, status) = refused(
+            &standin,
+            &subresource("lab-a", "paused", kind),
+            Some(&token),
+        )
+        .await;
+        assert_eq!((code, status["reason"].as_str()), (409, Some("Conflict")));
+        assert_eq!(
+            status["message"],
+            "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"paused\": VMI is paused"
+        );
+    }
+
     // The VMI turning Running is seen at once; the upstream being gone is a 500.
     standin.set_vmi_phase("lab-a", "scheduled", "Running");
     let (code, _) = refused(

@@ -263,19 +263,33 @@ pub async fn serve(
         .expect("static response parts"))
 }
 
-/// virt-api's validation order: device present, not Failed (console), Running.
+/// virt-api's validation order: device present, not Failed (console), not paused, Running.
+/// The paused check and its 409 "VMI is paused" follow the VNC and console handlers'
+/// `validate` in KubeVirt's pkg/virt-api/rest/subresource.go (console.go in newer releases).
 fn check_vmi(shared: &Shared, call: &SubresourceCall<'_>) -> Result<(), ApiError> {
     let vmi_rt =
         ResourceType::lookup("kubevirt.io", "v1", "virtualmachineinstances").expect("VMIs served");
-    let phase = {
+    let (phase, paused) = {
         let store = shared.store.lock().expect("store lock");
         let vmi = store
             .get(&object_key(&vmi_rt, Some(&call.namespace), &call.name))
             .ok_or_else(|| ApiError::not_found(&vmi_rt, &call.name))?;
-        vmi.pointer("/status/phase")
+        let phase = vmi
+            .pointer("/status/phase")
             .and_then(Value::as_str)
             .unwrap_or_default()
-            .to_string()
+            .to_string();
+        // The Paused condition with status "True", as virt-handler sets it.
+        let paused = vmi
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|conditions| {
+                conditions.iter().any(|c| {
+                    c.get("type").and_then(Value::as_str) == Some("Paused")
+                        && c.get("status").and_then(Value::as_str) == Some("True")
+                })
+            });
+        (phase, paused)
     };
     if shared
         .kubevirt
@@ -289,22 +303,29 @@ fn check_vmi(shared: &Shared, call: &SubresourceCall<'_>) -> Result<(), ApiError
         }));
     }
     if call.kind == "console" && phase == "Failed" {
-        return Err(ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"{}\": VMI is in failed status",
-                call.name
-            ),
-            Some(
-                serde_json::json!({ "name": call.name, "group": "kubevirt.io", "kind": "virtualmachineinstance" }),
-            ),
-        ));
+        return Err(vmi_conflict(&call.name, "VMI is in failed status"));
+    }
+    if paused {
+        return Err(vmi_conflict(&call.name, "VMI is paused"));
     }
     if phase != "Running" {
         return Err(ApiError::bad_request("VMI is not running"));
     }
     Ok(())
+}
+
+/// The 409 `errors.NewConflict(v1.Resource("virtualmachineinstance"), name, err)` gives.
+fn vmi_conflict(name: &str, cause: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"{name}\": {cause}"
+        ),
+        Some(
+            serde_json::json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" }),
+        ),
+    )
 }
 
 /// The client's `Sec-WebSocket-Key`, or the error gorilla gives for a non-websocket request.

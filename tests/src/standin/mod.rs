@@ -445,6 +445,19 @@ impl StandIn {
         }
     }
 
+    /// Pauses or resumes a VMI: sets or clears its `Paused` condition (a MODIFIED event).
+    pub fn set_vmi_paused(&self, ns: &str, name: &str, paused: bool) {
+        let path = format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}");
+        if let Some(mut vmi) = self.get_json(&path) {
+            vmi["status"]["conditions"] = if paused {
+                json!([{ "type": "Paused", "status": "True", "reason": "PausedByUser" }])
+            } else {
+                json!([])
+            };
+            self.put_json(&path, vmi);
+        }
+    }
+
     /// Makes the next `times` authenticated requests whose path contains `path_fragment` fail with
     /// `code` (500 InternalError, 429 TooManyRequests with `Retry-After: 1`, 503 ServiceUnavailable,
     /// anything else as a generic failure), before any other processing.

@@ -127,6 +127,16 @@ pub async fn start(options: Options) -> anyhow::Result<Env> {
             "headless",
             Vmi::running(None, Some(UpstreamAddr::Unix(console.socket()))),
         );
+        // Running but paused: KubeVirt answers 409 "VMI is paused".
+        standin.add_vmi(
+            "lab-alice",
+            "paused",
+            Vmi::running(
+                Some(UpstreamAddr::Unix(xvnc.socket())),
+                Some(UpstreamAddr::Unix(console.socket())),
+            ),
+        );
+        standin.set_vmi_paused("lab-alice", "paused", true);
         (Some(xvnc), Some(console))
     } else {
         (None, None)
