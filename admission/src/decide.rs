@@ -745,6 +745,7 @@ mod tests {
             ("delete in unknown ns", "DELETE", "lab-fresh", name, STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
             ("delete where the cache lags (not a lab yet)", "DELETE", "plain", name, STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
             ("weak create where the cache lags", "CREATE", "plain", name, STUDENT, &open, &null, Err(Rule::PolicyNameReserved)),
+            ("deletecollection item (empty name)", "DELETE", "lab-ok", "", STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
             ("delete other policy in lab", "DELETE", "lab-ok", "mine", STUDENT, &null, &canonical, Ok(())),
             ("update weakening", "UPDATE", "lab-ok", name, STUDENT, &open, &canonical, Err(Rule::PolicyImmutable)),
             ("update to other mode", "UPDATE", "lab-ok", name, STUDENT, &strict, &canonical, Err(Rule::PolicyImmutable)),

@@ -795,3 +795,46 @@ async fn reconciler_keeps_going_through_api_errors_and_watch_loss() {
         "repaired after the watches recovered"
     );
 }
+
+/// Item 2: DELETECOLLECTION sends one admission request per item with an empty
+/// `name` (apiserver handlers/delete.go, rest/delete.go); the policy must still
+/// be recognised by its oldObject and protected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collection_cannot_remove_the_policy() {
+    let h = Harness::start(&["--no-reconciler"]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-dc", STUDENT))
+        .await
+        .unwrap();
+    Api::<NetworkPolicy>::namespaced(h.portal(), "lab-dc")
+        .create(
+            &PostParams::default(),
+            &EgressMode::Standard.policy("lab-dc"),
+        )
+        .await
+        .unwrap();
+    let policies = Api::<NetworkPolicy>::namespaced(h.student(), "lab-dc");
+    let lp =
+        kube::api::ListParams::default().fields(&format!("metadata.name={ISOLATION_POLICY_NAME}"));
+    let err = policies
+        .delete_collection(&DeleteParams::default(), &lp)
+        .await
+        .unwrap_err();
+    let msg = api_message(&err);
+    assert!(msg.contains("rule policy-protected"), "{msg}");
+    assert!(
+        h.standin.get_json(&policy_path("lab-dc")).is_some(),
+        "deletecollection removed the isolation policy"
+    );
+    // The webhook saw the per-item request as the API server sends it.
+    let seen = h.denials();
+    let item = seen
+        .iter()
+        .find(|d| d.review["request"]["operation"] == "DELETE")
+        .expect("the per-item DELETE reached the webhook");
+    assert_eq!(item.review["request"]["name"], "");
+    assert_eq!(
+        item.review["request"]["oldObject"]["metadata"]["name"],
+        ISOLATION_POLICY_NAME
+    );
+}

@@ -275,7 +275,21 @@ async fn routing_follows_the_api_server_matching_rules() {
         )),
         ["policies.admission.labgate.io"]
     );
-    assert!(
+    // A deletecollection's per-item review has an empty name: it must be sent.
+    assert_eq!(
+        routed(&review(
+            np,
+            None,
+            "DELETE",
+            Some("lab-a"),
+            "",
+            Value::Null,
+            json!({"metadata": {"name": "labgate-isolation"}})
+        )),
+        ["policies.admission.labgate.io"],
+        "deletecollection items are seen"
+    );
+    assert_eq!(
         routed(&review(
             np,
             None,
@@ -284,9 +298,9 @@ async fn routing_follows_the_api_server_matching_rules() {
             "allow-web",
             Value::Null,
             json!({})
-        ))
-        .is_empty(),
-        "other policies are the owner's business"
+        )),
+        ["policies.admission.labgate.io"],
+        "every NetworkPolicy write in a lab is seen"
     );
     assert!(
         routed(&review(
