@@ -82,6 +82,8 @@ pub enum Rule {
     PolicyImmutable,
     /// CREATE of `labgate-isolation` with a non-canonical spec.
     PolicyNameReserved,
+    /// Non-portal principal writes a NetworkPolicy other than `labgate-isolation` in a lab.
+    PolicyWritesRestricted,
     /// Non-portal principal marks a namespace as a lab.
     LabCreateRestricted,
     /// Non-portal principal changes `labgate.io/owner` or `labgate.io/owner-hash`.
@@ -105,6 +107,7 @@ impl Rule {
             Rule::PolicyProtected => "policy-protected",
             Rule::PolicyImmutable => "policy-immutable",
             Rule::PolicyNameReserved => "policy-name-reserved",
+            Rule::PolicyWritesRestricted => "policy-writes-restricted",
             Rule::LabCreateRestricted => "lab-create-restricted",
             Rule::OwnerImmutable => "owner-immutable",
             Rule::MembersImmutable => "members-immutable",
@@ -370,9 +373,6 @@ fn decide_policy(
         (Some(o), _) | (None, Some(o)) => o.metadata.name.as_deref().unwrap_or(""),
         (None, None) => "",
     };
-    if name != ISOLATION_POLICY_NAME {
-        return Decision::allow();
-    }
     let Some(namespace) = req.namespace.as_deref().filter(|n| !n.is_empty()) else {
         return Decision::deny(
             Rule::MalformedRequest,
@@ -386,12 +386,15 @@ fn decide_policy(
         NamespaceState::Lab { terminating } => terminating,
         NamespaceState::NotLab | NamespaceState::Unknown => false,
     };
+    let controller = rules
+        .namespace_controller_users
+        .iter()
+        .any(|u| Some(u.as_str()) == req.user_info.username.as_deref());
+    if name != ISOLATION_POLICY_NAME {
+        return decide_other_policy(req, rules, namespace, terminating || controller);
+    }
     match req.operation {
         Operation::Delete => {
-            let controller = rules
-                .namespace_controller_users
-                .iter()
-                .any(|u| Some(u.as_str()) == req.user_info.username.as_deref());
             if terminating || controller {
                 Decision::allow()
             } else {
@@ -423,7 +426,7 @@ fn decide_policy(
                     Rule::PolicyNameReserved,
                     format!(
                         "the name {ISOLATION_POLICY_NAME} is reserved for lab {namespace:?}'s canonical \
-                         isolation policy; use another name for your own NetworkPolicies"
+                         isolation policy; only portal principals may add other NetworkPolicies"
                     ),
                 )
             } else {
@@ -431,13 +434,40 @@ fn decide_policy(
                     Rule::PolicyImmutable,
                     format!(
                         "the spec of NetworkPolicy {ISOLATION_POLICY_NAME} in lab {namespace:?} is managed by \
-                         labgate-admission and cannot be changed; add another NetworkPolicy instead"
+                         labgate-admission and cannot be changed"
                     ),
                 )
             }
         }
         Operation::Connect => Decision::allow(),
     }
+}
+
+/// Rule 3b: NetworkPolicies are additive allow-lists and `labgate-isolation`
+/// already selects every pod in both directions, so any other policy in a lab
+/// can only widen what the lab may reach. Only portal principals write them;
+/// the namespace controller (or anyone while the lab terminates) may delete them.
+fn decide_other_policy(
+    req: &AdmissionRequest<DynamicObject>,
+    rules: &Rules,
+    namespace: &str,
+    cleanup: bool,
+) -> Decision {
+    if req.operation == Operation::Connect || is_portal(req, rules) {
+        return Decision::allow();
+    }
+    if req.operation == Operation::Delete && cleanup {
+        return Decision::allow();
+    }
+    Decision::deny(
+        Rule::PolicyWritesRestricted,
+        format!(
+            "in lab {namespace:?} only portal principals may create, change or delete \
+             NetworkPolicies other than {ISOLATION_POLICY_NAME} (any extra NetworkPolicy \
+             widens the lab's isolation); user {:?} is not one",
+            username(req)
+        ),
+    )
 }
 
 /// Rule 2: nothing runs in a lab before its isolation policy.
@@ -730,6 +760,8 @@ mod tests {
         let mut open = canonical.clone();
         open["spec"]["policyTypes"] = json!(["Ingress"]);
         open["spec"].as_object_mut().unwrap().remove("egress");
+        let mut mine = open.clone();
+        mine["metadata"]["name"] = json!("mine");
         let mut relabelled = canonical.clone();
         relabelled["metadata"]["labels"]["note"] = json!("hi");
         let null = Value::Null;
@@ -746,14 +778,22 @@ mod tests {
             ("delete where the cache lags (not a lab yet)", "DELETE", "plain", name, STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
             ("weak create where the cache lags", "CREATE", "plain", name, STUDENT, &open, &null, Err(Rule::PolicyNameReserved)),
             ("deletecollection item (empty name)", "DELETE", "lab-ok", "", STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
-            ("delete other policy in lab", "DELETE", "lab-ok", "mine", STUDENT, &null, &canonical, Ok(())),
+            ("delete other policy in lab", "DELETE", "lab-ok", "mine", STUDENT, &null, &mine, Err(Rule::PolicyWritesRestricted)),
+            ("deletecollection item of other policy", "DELETE", "lab-ok", "", STUDENT, &null, &mine, Err(Rule::PolicyWritesRestricted)),
+            ("portal deletes other policy", "DELETE", "lab-ok", "mine", PORTAL_SA, &null, &mine, Ok(())),
+            ("controller deletes other policy", "DELETE", "lab-ok", "mine", controller, &null, &mine, Ok(())),
+            ("other policy goes with its namespace", "DELETE", "lab-gone", "mine", kcm, &null, &mine, Ok(())),
             ("update weakening", "UPDATE", "lab-ok", name, STUDENT, &open, &canonical, Err(Rule::PolicyImmutable)),
             ("update to other mode", "UPDATE", "lab-ok", name, STUDENT, &strict, &canonical, Err(Rule::PolicyImmutable)),
             ("update metadata only", "UPDATE", "lab-ok", name, STUDENT, &relabelled, &canonical, Ok(())),
             ("update repairing drift", "UPDATE", "lab-drift", name, STUDENT, &canonical, &open, Ok(())),
             ("create canonical", "CREATE", "lab-new", name, STUDENT, &canonical, &null, Ok(())),
             ("create weak under reserved name", "CREATE", "lab-new", name, STUDENT, &open, &null, Err(Rule::PolicyNameReserved)),
-            ("create weak under other name", "CREATE", "lab-new", "mine", STUDENT, &open, &null, Ok(())),
+            ("create open policy under other name", "CREATE", "lab-new", "mine", STUDENT, &mine, &null, Err(Rule::PolicyWritesRestricted)),
+            ("create other policy where the cache lags", "CREATE", "plain", "mine", STUDENT, &mine, &null, Err(Rule::PolicyWritesRestricted)),
+            ("update other policy", "UPDATE", "lab-ok", "mine", STUDENT, &mine, &mine, Err(Rule::PolicyWritesRestricted)),
+            ("portal creates other policy", "CREATE", "lab-ok", "mine", PORTAL_SA, &mine, &null, Ok(())),
+            ("portal group updates other policy", "UPDATE", "lab-ok", "mine", PORTAL_GROUP_MEMBER, &mine, &mine, Ok(())),
             ("create without object", "CREATE", "lab-new", name, STUDENT, &null, &null, Err(Rule::MalformedRequest)),
         ];
         for (what, op, ns, n, user, obj, old, expect) in table {

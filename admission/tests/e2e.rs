@@ -174,20 +174,41 @@ async fn policy_cannot_be_deleted_or_weakened_and_forced_changes_are_repaired() 
     }
     assert!(h.standin.get_json(&policy_path("lab-b")).is_some());
 
-    // Other NetworkPolicies stay the lab owner's business.
+    // Item 1: any other NetworkPolicy widens the lab (they are additive), so
+    // tenants may not write one; portals may.
     let mine: NetworkPolicy = serde_json::from_value(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "allow-web"},
-        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}
+        "metadata": {"name": "allow-all"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}], "egress": [{}]}
     }))
     .unwrap();
     let student_policies = Api::<NetworkPolicy>::namespaced(h.student(), "lab-b");
-    student_policies
+    let err = student_policies
+        .create(&PostParams::default(), &mine)
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule policy-writes-restricted"),
+        "{}",
+        api_message(&err)
+    );
+    assert!(
+        h.standin
+            .get_json("/apis/networking.k8s.io/v1/namespaces/lab-b/networkpolicies/allow-all")
+            .is_none()
+    );
+    let portal_policies = Api::<NetworkPolicy>::namespaced(h.portal(), "lab-b");
+    portal_policies
         .create(&PostParams::default(), &mine)
         .await
         .unwrap();
-    student_policies
-        .delete("allow-web", &DeleteParams::default())
+    let err = student_policies
+        .delete("allow-all", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(api_message(&err).contains("rule policy-writes-restricted"));
+    portal_policies
+        .delete("allow-all", &DeleteParams::default())
         .await
         .unwrap();
 
