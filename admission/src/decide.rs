@@ -67,6 +67,17 @@ pub struct Rules {
     pub namespace_controller_users: Vec<String>,
     /// The canonical policy's egress mode.
     pub egress: EgressMode,
+    /// Namespaces besides `default` and `kube-*` that are never labs: the
+    /// service's own (`--service-namespace`) and `--exempt-namespace`.
+    pub exempt_namespaces: Vec<String>,
+}
+
+impl Rules {
+    /// True for namespaces that must never be treated as labs.
+    pub fn is_exempt(&self, namespace: &str) -> bool {
+        labgate_policies::lab::is_system_namespace(namespace)
+            || self.exempt_namespaces.iter().any(|n| n == namespace)
+    }
 }
 
 /// Each rule has a stable name used in messages, audit annotations and docs.
@@ -94,6 +105,8 @@ pub enum Rule {
     LabMarkingImmutable,
     /// A portal writes a lab whose owner record is incomplete or inconsistent.
     LabMalformed,
+    /// Anyone marks a system or exempt namespace as a lab.
+    LabNamespaceExempt,
     /// The review lacks the object the rule needs.
     MalformedRequest,
 }
@@ -113,6 +126,7 @@ impl Rule {
             Rule::MembersImmutable => "members-immutable",
             Rule::LabMarkingImmutable => "lab-marking-immutable",
             Rule::LabMalformed => "lab-malformed",
+            Rule::LabNamespaceExempt => "lab-namespace-exempt",
             Rule::MalformedRequest => "malformed-request",
         }
     }
@@ -281,6 +295,9 @@ fn decide_namespace(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> Dec
             if !record.is_lab() {
                 return Decision::allow();
             }
+            if let Some(denial) = exempt_denial(req, new, rules) {
+                return denial;
+            }
             if !portal {
                 return Decision::deny(
                     Rule::LabCreateRestricted,
@@ -303,6 +320,11 @@ fn decide_namespace(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> Dec
             let (before, after) = (LabRecord::of(old), LabRecord::of(new));
             if before == after {
                 return Decision::allow();
+            }
+            if after.is_lab()
+                && let Some(denial) = exempt_denial(req, new, rules)
+            {
+                return denial;
             }
             if portal {
                 return if after.is_lab() {
@@ -344,6 +366,25 @@ fn decide_namespace(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> Dec
         }
         Operation::Delete | Operation::Connect => Decision::allow(),
     }
+}
+
+/// System and exempt namespaces are never labs, for anyone: the reconciler
+/// would isolate them (cluster DNS, or this webhook's own reachability).
+fn exempt_denial(
+    req: &AdmissionRequest<DynamicObject>,
+    obj: &DynamicObject,
+    rules: &Rules,
+) -> Option<Decision> {
+    let name = obj.metadata.name.as_deref().unwrap_or(req.name.as_str());
+    rules.is_exempt(name).then(|| {
+        Decision::deny(
+            Rule::LabNamespaceExempt,
+            format!(
+                "namespace {name:?} is a system or labgate-exempt namespace and can never be a lab \
+                 ({LAB_LABEL}=true)"
+            ),
+        )
+    })
 }
 
 /// A portal's lab must carry a consistent owner record, or the gateway
@@ -595,6 +636,7 @@ mod tests {
             portal_groups: vec!["portals".into()],
             namespace_controller_users: vec![crate::config::DEFAULT_NAMESPACE_CONTROLLER.into()],
             egress: EgressMode::Standard,
+            exempt_namespaces: vec!["labgate-system".into(), "monitoring".into()],
         }
     }
 
@@ -750,6 +792,47 @@ mod tests {
                     d.message
                 );
             }
+        }
+    }
+
+    #[test]
+    fn exempt_namespaces_never_become_labs() {
+        // Item 5: system namespaces and the service's own (or configured)
+        // namespaces are exempt from the policy webhooks; marking one as a lab
+        // would make the reconciler isolate it, so nobody may, portals included.
+        let null = Value::Null;
+        for ns in [
+            "kube-system",
+            "default",
+            "kube-public",
+            "labgate-system",
+            "monitoring",
+        ] {
+            let lab = lab_ns(ns, "alice@example.com", None);
+            let plain =
+                json!({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
+            for user in [PORTAL_SA, STUDENT] {
+                for (op, obj, old) in [("CREATE", &lab, &null), ("UPDATE", &lab, &plain)] {
+                    let req = review(NS, op, None, ns, user, obj.clone(), old.clone());
+                    let d = decide(&req, &view(), &rules());
+                    assert_eq!(
+                        d.rule,
+                        Some(Rule::LabNamespaceExempt),
+                        "{ns} {op} {user:?}: {d:?}"
+                    );
+                }
+            }
+            // Removing the marking stays possible (recovery).
+            let req = review(
+                NS,
+                "UPDATE",
+                None,
+                ns,
+                PORTAL_SA,
+                plain.clone(),
+                lab.clone(),
+            );
+            assert!(decide(&req, &view(), &rules()).allowed, "{ns}");
         }
     }
 

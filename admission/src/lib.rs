@@ -147,6 +147,7 @@ pub async fn start(
             client,
             config.egress,
             metrics.clone(),
+            config.exempt_namespaces(),
             shutdown.clone(),
         ));
     }

@@ -350,6 +350,7 @@ async fn workloads_wait_for_the_policy() {
         h.standin.client(ADMISSION_TOKEN),
         EgressMode::Standard,
         labgate_admission::Metrics::new(),
+        vec!["labgate-system".into()],
         shutdown,
     ));
     assert!(
@@ -858,4 +859,39 @@ async fn delete_collection_cannot_remove_the_policy() {
         item.review["request"]["oldObject"]["metadata"]["name"],
         ISOLATION_POLICY_NAME
     );
+}
+
+/// Item 5: labelling a system or exempt namespace as a lab is refused for
+/// everyone (the namespaces webhook has no exempting namespaceSelector), and a
+/// marking forced past admission is never acted on by the reconciler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exempt_namespaces_never_become_labs() {
+    let h = Harness::start(&[]).await;
+    for ns in ["kube-system", "labgate-system"] {
+        let mut plain = Namespace::default();
+        plain.metadata.name = Some(ns.into());
+        h.standin.put_namespace(plain);
+        let marked = lab_namespace(ns, STUDENT);
+        let patch = json!({"metadata": {"labels": marked.metadata.labels, "annotations": marked.metadata.annotations}});
+        let err = Api::<Namespace>::all(h.portal())
+            .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_err();
+        assert!(
+            api_message(&err).contains("rule lab-namespace-exempt"),
+            "{ns}: {}",
+            api_message(&err)
+        );
+        // Forced past admission: the reconciler still leaves it alone.
+        h.standin.put_namespace(marked);
+    }
+    h.wait_metric("labgate_admission_reconcile_actions_total{action=\"skipped-exempt\"} 2")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for ns in ["kube-system", "labgate-system"] {
+        assert!(
+            h.standin.get_json(&policy_path(ns)).is_none(),
+            "the reconciler isolated {ns}"
+        );
+    }
 }
