@@ -112,6 +112,23 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, for metrics registered at 0.
+    pub const ALL: [Rule; 13] = [
+        Rule::PolicyMissing,
+        Rule::NamespaceNotSynced,
+        Rule::PolicyProtected,
+        Rule::PolicyImmutable,
+        Rule::PolicyNameReserved,
+        Rule::PolicyWritesRestricted,
+        Rule::LabCreateRestricted,
+        Rule::OwnerImmutable,
+        Rule::MembersImmutable,
+        Rule::LabMarkingImmutable,
+        Rule::LabMalformed,
+        Rule::LabNamespaceExempt,
+        Rule::MalformedRequest,
+    ];
+
     /// Stable kebab-case name.
     pub fn name(self) -> &'static str {
         match self {
