@@ -28,6 +28,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// Self-managed certificate actions (ca-created, ca-rotated, leaf-issued, cabundle-patched).
     pub cert_actions: IntCounterVec,
+    /// notAfter of the served leaf certificate (Unix seconds).
+    pub cert_expiry: IntGauge,
     /// Denials by rule (every denial counts; the log is sampled).
     pub denials: IntCounterVec,
 }
@@ -179,7 +181,16 @@ impl Metrics {
         registry
             .register(Box::new(cache_ready.clone()))
             .expect("metric names are unique");
+        let cert_expiry = IntGauge::new(
+            "labgate_admission_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving leaf certificate, set whenever it is loaded or reloaded.",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(cert_expiry.clone()))
+            .expect("metric names are unique");
         Metrics {
+            cert_expiry,
             registry,
             requests,
             request_duration,
