@@ -707,7 +707,11 @@ async fn dry_run_leaves_no_trace() {
     );
     assert_eq!(dispatched.len(), 2);
     let metrics = h.running.metrics.render();
-    assert!(!metrics.contains("action=\"created\""), "{metrics}");
+    // Registered at 0 from the start (item 15); a dry run must not count.
+    assert!(
+        metrics.contains("labgate_admission_reconcile_actions_total{action=\"created\"} 0"),
+        "{metrics}"
+    );
     // The webhook itself wrote nothing to the API during those reviews.
     let writes: Vec<_> = h
         .standin
