@@ -105,6 +105,8 @@ pub enum Rule {
     LabMarkingImmutable,
     /// A portal writes a lab whose owner record is incomplete or inconsistent.
     LabMalformed,
+    /// A lab workload uses host networking/ports or a network outside the lab.
+    WorkloadNetworkRestricted,
     /// Anyone marks a system or exempt namespace as a lab.
     LabNamespaceExempt,
     /// The review lacks the object the rule needs.
@@ -113,7 +115,8 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, for metrics registered at 0.
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 14] = [
+        Rule::WorkloadNetworkRestricted,
         Rule::PolicyMissing,
         Rule::NamespaceNotSynced,
         Rule::PolicyProtected,
@@ -144,6 +147,7 @@ impl Rule {
             Rule::LabMarkingImmutable => "lab-marking-immutable",
             Rule::LabMalformed => "lab-malformed",
             Rule::LabNamespaceExempt => "lab-namespace-exempt",
+            Rule::WorkloadNetworkRestricted => "workload-network-restricted",
             Rule::MalformedRequest => "malformed-request",
         }
     }
@@ -528,6 +532,100 @@ fn decide_other_policy(
     )
 }
 
+/// Multus annotation on pods (and pod templates).
+const MULTUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+
+/// Why a workload would bypass NetworkPolicy, if it does: host namespaces or
+/// ports, Multus networks defined in another namespace, SR-IOV interfaces.
+/// Secondary networks inside the lab's own namespace stay allowed (their
+/// NetworkAttachmentDefinition is lab content, written by whoever may).
+fn network_escape(resource: &str, obj: &serde_json::Value, ns: &str) -> Option<String> {
+    let at = |p: &str| obj.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
+    // (pod template metadata+spec, VMI spec) locations per kind.
+    let (pod, vmi) = match resource {
+        "pods" => (Some(at("")), None),
+        "deployments" | "replicasets" | "statefulsets" | "daemonsets" | "jobs" => {
+            (Some(at("/spec/template")), None)
+        }
+        "cronjobs" => (Some(at("/spec/jobTemplate/spec/template")), None),
+        "virtualmachineinstances" => (None, Some(at("/spec"))),
+        "virtualmachines" | "virtualmachineinstancereplicasets" => {
+            (None, Some(at("/spec/template/spec")))
+        }
+        "virtualmachinepools" => (
+            None,
+            Some(at("/spec/virtualMachineTemplate/spec/template/spec")),
+        ),
+        _ => (None, None),
+    };
+    if let Some(pod) = pod {
+        let spec = &pod["spec"];
+        for field in ["hostNetwork", "hostPID", "hostIPC"] {
+            if spec[field] == serde_json::Value::Bool(true) {
+                return Some(format!("{field} is not allowed in a lab"));
+            }
+        }
+        let containers = ["containers", "initContainers", "ephemeralContainers"];
+        for c in containers
+            .iter()
+            .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        {
+            for port in c["ports"].as_array().into_iter().flatten() {
+                if port.get("hostPort").is_some_and(|p| !p.is_null() && p != 0) {
+                    return Some("hostPort is not allowed in a lab".into());
+                }
+            }
+        }
+        if let Some(nets) = pod["metadata"]["annotations"][MULTUS_ANNOTATION].as_str()
+            && let Some(other) = foreign_multus(nets, ns)
+        {
+            return Some(format!(
+                "Multus network {other:?} is defined outside the lab"
+            ));
+        }
+    }
+    if let Some(spec) = vmi {
+        for net in spec["networks"].as_array().into_iter().flatten() {
+            if let Some(name) = net.pointer("/multus/networkName").and_then(|v| v.as_str())
+                && name.split_once('/').is_some_and(|(n, _)| n != ns)
+            {
+                return Some(format!(
+                    "Multus network {name:?} is defined outside the lab"
+                ));
+            }
+        }
+        for iface in spec
+            .pointer("/domain/devices/interfaces")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if iface.get("sriov").is_some() {
+                return Some("SR-IOV interfaces are not allowed in a lab".into());
+            }
+        }
+    }
+    None
+}
+
+/// The first Multus network (comma list `ns/name@if` or JSON list) outside `ns`.
+fn foreign_multus(value: &str, ns: &str) -> Option<String> {
+    let value = value.trim();
+    if value.starts_with('[') {
+        let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(value) else {
+            return Some(value.to_string()); // unparsable: refuse rather than guess
+        };
+        return list.iter().find_map(|n| {
+            let other = n["namespace"].as_str().filter(|x| *x != ns)?;
+            Some(format!("{other}/{}", n["name"].as_str().unwrap_or("")))
+        });
+    }
+    value.split(',').map(str::trim).find_map(|n| {
+        let (other, _) = n.split_once('/')?;
+        (other != ns).then(|| n.to_string())
+    })
+}
+
 /// Rule 2: nothing runs in a lab before its isolation policy.
 fn decide_workload(
     req: &AdmissionRequest<DynamicObject>,
@@ -540,6 +638,27 @@ fn decide_workload(
         return Decision::deny(Rule::MalformedRequest, "workload CREATE without namespace");
     };
     let what = format!("{} in namespace {namespace:?}", req.kind.kind);
+    // DynamicObject keeps metadata apart from data; the pod checks need both.
+    let full = req.object.as_ref().map(|obj| {
+        let mut full = obj.data.clone();
+        if let Ok(meta) = serde_json::to_value(&obj.metadata)
+            && full.is_object()
+        {
+            full["metadata"] = meta;
+        }
+        full
+    });
+    if let Some(full) = full.as_ref()
+        && let Some(why) = network_escape(&req.resource.resource, full, namespace)
+    {
+        return Decision::deny(
+            Rule::WorkloadNetworkRestricted,
+            format!(
+                "cannot create {what}: {why}; NetworkPolicy does not cover it, so it would leave \
+                 the lab's isolation"
+            ),
+        );
+    }
     match view.namespace(namespace) {
         // Only lab namespaces are sent (see `decide`): the cache is behind.
         NamespaceState::NotLab => Decision::deny(
@@ -606,6 +725,14 @@ mod tests {
         User<'a>,
         &'a Value,
         &'a Value,
+        Result<(), Rule>,
+    );
+
+    /// Workload case: what, resource, object, expectation.
+    type WlCase<'a> = (
+        &'a str,
+        (&'a str, &'a str, &'a str, &'a str),
+        Value,
         Result<(), Rule>,
     );
 
@@ -1079,6 +1206,48 @@ mod tests {
             Value::Null,
         );
         check(&cm, Ok(()));
+    }
+
+    #[test]
+    fn workloads_cannot_leave_the_network_policy() {
+        let deny = Err(Rule::WorkloadNetworkRestricted);
+        let pod = |spec: Value, ann: Value| json!({"metadata": {"name": "p", "annotations": ann}, "spec": spec});
+        let c = json!([{"name": "c", "image": "x"}]);
+        #[rustfmt::skip]
+        let table: Vec<WlCase<'_>> = vec![
+            ("plain pod", POD, pod(json!({"containers": c}), json!({})), Ok(())),
+            ("hostNetwork", POD, pod(json!({"hostNetwork": true, "containers": c}), json!({})), deny),
+            ("hostPID", POD, pod(json!({"hostPID": true, "containers": c}), json!({})), deny),
+            ("hostIPC", POD, pod(json!({"hostIPC": true, "containers": c}), json!({})), deny),
+            ("hostPort", POD, pod(json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}), json!({})), deny),
+            ("multus other ns", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "default/macvlan"})), deny),
+            ("multus json other ns", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "[{\"name\":\"m\",\"namespace\":\"kube-system\"}]"})), deny),
+            ("multus garbage", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "[oops"})), deny),
+            ("multus own ns", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "lab-ok/m, m2"})), Ok(())),
+            ("deployment hostNetwork", ("apps", "v1", "deployments", "Deployment"), json!({"spec": {"template": {"spec": {"hostNetwork": true}}}}), deny),
+            ("cronjob hostNetwork", ("batch", "v1", "cronjobs", "CronJob"), json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"hostNetwork": true}}}}}}), deny),
+            ("vmi pod network", VMI, json!({"spec": {"networks": [{"name": "default", "pod": {}}]}}), Ok(())),
+            ("vmi multus other ns", VMI, json!({"spec": {"networks": [{"name": "n", "multus": {"networkName": "default/br"}}]}}), deny),
+            ("vmi multus own ns", VMI, json!({"spec": {"networks": [{"name": "n", "multus": {"networkName": "lab-ok/br"}}]}}), Ok(())),
+            ("vmi sriov", VMI, json!({"spec": {"domain": {"devices": {"interfaces": [{"name": "n", "sriov": {}}]}}}}), deny),
+            ("vm multus other ns", ("kubevirt.io", "v1", "virtualmachines", "VirtualMachine"), json!({"spec": {"template": {"spec": {"networks": [{"name": "n", "multus": {"networkName": "other/br"}}]}}}}), deny),
+            ("pool sriov", ("pool.kubevirt.io", "v1alpha1", "virtualmachinepools", "VirtualMachinePool"), json!({"spec": {"virtualMachineTemplate": {"spec": {"template": {"spec": {"domain": {"devices": {"interfaces": [{"name": "n", "sriov": {}}]}}}}}}}}), deny),
+        ];
+        for (what, rt, obj, expect) in table {
+            for user in [STUDENT, PORTAL_SA] {
+                let req = review(
+                    rt,
+                    "CREATE",
+                    Some("lab-ok"),
+                    "x",
+                    user,
+                    obj.clone(),
+                    Value::Null,
+                );
+                let d = decide(&req, &view(), &rules());
+                assert_eq!(d.rule, expect.err(), "{what}: {d:?}");
+            }
+        }
     }
 
     #[test]
