@@ -899,3 +899,34 @@ async fn exempt_namespaces_never_become_labs() {
         );
     }
 }
+
+/// Item 3: host networking escapes NetworkPolicy, so it is refused in labs
+/// even where the isolation policy is in place, portals included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pods_are_refused_in_labs() {
+    let h = Harness::start(&[]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-hn", STUDENT))
+        .await
+        .unwrap();
+    assert!(
+        h.wait_policy("lab-hn", Duration::from_secs(1), EgressMode::Standard)
+            .await
+    );
+    h.wait_cached_policy("lab-hn").await;
+    let mut p = pod("hn");
+    p.spec.as_mut().unwrap().host_network = Some(true);
+    let err = Api::<Pod>::namespaced(h.portal(), "lab-hn")
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule workload-network-restricted"),
+        "{}",
+        api_message(&err)
+    );
+    Api::<Pod>::namespaced(h.portal(), "lab-hn")
+        .create(&PostParams::default(), &pod("ok"))
+        .await
+        .unwrap();
+}
