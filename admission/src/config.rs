@@ -136,6 +136,16 @@ pub struct Config {
     )]
     pub extra_cert_names: Vec<String>,
 
+    /// Further namespaces that must never be treated as labs (besides `default`,
+    /// `kube-*` and --service-namespace): marking them is denied and the
+    /// reconciler never isolates them. Repeatable.
+    #[arg(
+        long = "exempt-namespace",
+        env = "LABGATE_ADMISSION_EXEMPT_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub extra_exempt_namespaces: Vec<String>,
+
     /// Run only the webhook, not the reconciler (e.g. for extra webhook replicas; exactly
     /// one reconciler is enough, and concurrent ones are harmless).
     #[arg(long, env = "LABGATE_ADMISSION_NO_RECONCILER")]
@@ -154,7 +164,15 @@ impl Config {
             portal_groups: self.portal_groups.clone(),
             namespace_controller_users: self.namespace_controller_users.clone(),
             egress: self.egress,
+            exempt_namespaces: self.exempt_namespaces(),
         }
+    }
+
+    /// The service's own namespace plus `--exempt-namespace` (never labs).
+    pub fn exempt_namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.service_namespace.clone()];
+        v.extend(self.extra_exempt_namespaces.iter().cloned());
+        v
     }
 }
 

@@ -67,6 +67,17 @@ pub struct Rules {
     pub namespace_controller_users: Vec<String>,
     /// The canonical policy's egress mode.
     pub egress: EgressMode,
+    /// Namespaces besides `default` and `kube-*` that are never labs: the
+    /// service's own (`--service-namespace`) and `--exempt-namespace`.
+    pub exempt_namespaces: Vec<String>,
+}
+
+impl Rules {
+    /// True for namespaces that must never be treated as labs.
+    pub fn is_exempt(&self, namespace: &str) -> bool {
+        labgate_policies::lab::is_system_namespace(namespace)
+            || self.exempt_namespaces.iter().any(|n| n == namespace)
+    }
 }
 
 /// Each rule has a stable name used in messages, audit annotations and docs.
@@ -82,6 +93,8 @@ pub enum Rule {
     PolicyImmutable,
     /// CREATE of `labgate-isolation` with a non-canonical spec.
     PolicyNameReserved,
+    /// Non-portal principal writes a NetworkPolicy other than `labgate-isolation` in a lab.
+    PolicyWritesRestricted,
     /// Non-portal principal marks a namespace as a lab.
     LabCreateRestricted,
     /// Non-portal principal changes `labgate.io/owner` or `labgate.io/owner-hash`.
@@ -92,11 +105,33 @@ pub enum Rule {
     LabMarkingImmutable,
     /// A portal writes a lab whose owner record is incomplete or inconsistent.
     LabMalformed,
+    /// A lab workload uses host networking/ports or a network outside the lab.
+    WorkloadNetworkRestricted,
+    /// Anyone marks a system or exempt namespace as a lab.
+    LabNamespaceExempt,
     /// The review lacks the object the rule needs.
     MalformedRequest,
 }
 
 impl Rule {
+    /// Every rule, for metrics registered at 0.
+    pub const ALL: [Rule; 14] = [
+        Rule::WorkloadNetworkRestricted,
+        Rule::PolicyMissing,
+        Rule::NamespaceNotSynced,
+        Rule::PolicyProtected,
+        Rule::PolicyImmutable,
+        Rule::PolicyNameReserved,
+        Rule::PolicyWritesRestricted,
+        Rule::LabCreateRestricted,
+        Rule::OwnerImmutable,
+        Rule::MembersImmutable,
+        Rule::LabMarkingImmutable,
+        Rule::LabMalformed,
+        Rule::LabNamespaceExempt,
+        Rule::MalformedRequest,
+    ];
+
     /// Stable kebab-case name.
     pub fn name(self) -> &'static str {
         match self {
@@ -105,11 +140,14 @@ impl Rule {
             Rule::PolicyProtected => "policy-protected",
             Rule::PolicyImmutable => "policy-immutable",
             Rule::PolicyNameReserved => "policy-name-reserved",
+            Rule::PolicyWritesRestricted => "policy-writes-restricted",
             Rule::LabCreateRestricted => "lab-create-restricted",
             Rule::OwnerImmutable => "owner-immutable",
             Rule::MembersImmutable => "members-immutable",
             Rule::LabMarkingImmutable => "lab-marking-immutable",
             Rule::LabMalformed => "lab-malformed",
+            Rule::LabNamespaceExempt => "lab-namespace-exempt",
+            Rule::WorkloadNetworkRestricted => "workload-network-restricted",
             Rule::MalformedRequest => "malformed-request",
         }
     }
@@ -278,6 +316,9 @@ fn decide_namespace(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> Dec
             if !record.is_lab() {
                 return Decision::allow();
             }
+            if let Some(denial) = exempt_denial(req, new, rules) {
+                return denial;
+            }
             if !portal {
                 return Decision::deny(
                     Rule::LabCreateRestricted,
@@ -300,6 +341,11 @@ fn decide_namespace(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> Dec
             let (before, after) = (LabRecord::of(old), LabRecord::of(new));
             if before == after {
                 return Decision::allow();
+            }
+            if after.is_lab()
+                && let Some(denial) = exempt_denial(req, new, rules)
+            {
+                return denial;
             }
             if portal {
                 return if after.is_lab() {
@@ -343,6 +389,25 @@ fn decide_namespace(req: &AdmissionRequest<DynamicObject>, rules: &Rules) -> Dec
     }
 }
 
+/// System and exempt namespaces are never labs, for anyone: the reconciler
+/// would isolate them (cluster DNS, or this webhook's own reachability).
+fn exempt_denial(
+    req: &AdmissionRequest<DynamicObject>,
+    obj: &DynamicObject,
+    rules: &Rules,
+) -> Option<Decision> {
+    let name = obj.metadata.name.as_deref().unwrap_or(req.name.as_str());
+    rules.is_exempt(name).then(|| {
+        Decision::deny(
+            Rule::LabNamespaceExempt,
+            format!(
+                "namespace {name:?} is a system or labgate-exempt namespace and can never be a lab \
+                 ({LAB_LABEL}=true)"
+            ),
+        )
+    })
+}
+
 /// A portal's lab must carry a consistent owner record, or the gateway
 /// would treat it as malformed and admit nobody.
 fn check_well_formed(req: &AdmissionRequest<DynamicObject>, obj: &DynamicObject) -> Decision {
@@ -370,9 +435,6 @@ fn decide_policy(
         (Some(o), _) | (None, Some(o)) => o.metadata.name.as_deref().unwrap_or(""),
         (None, None) => "",
     };
-    if name != ISOLATION_POLICY_NAME {
-        return Decision::allow();
-    }
     let Some(namespace) = req.namespace.as_deref().filter(|n| !n.is_empty()) else {
         return Decision::deny(
             Rule::MalformedRequest,
@@ -386,12 +448,15 @@ fn decide_policy(
         NamespaceState::Lab { terminating } => terminating,
         NamespaceState::NotLab | NamespaceState::Unknown => false,
     };
+    let controller = rules
+        .namespace_controller_users
+        .iter()
+        .any(|u| Some(u.as_str()) == req.user_info.username.as_deref());
+    if name != ISOLATION_POLICY_NAME {
+        return decide_other_policy(req, rules, namespace, terminating || controller);
+    }
     match req.operation {
         Operation::Delete => {
-            let controller = rules
-                .namespace_controller_users
-                .iter()
-                .any(|u| Some(u.as_str()) == req.user_info.username.as_deref());
             if terminating || controller {
                 Decision::allow()
             } else {
@@ -423,7 +488,7 @@ fn decide_policy(
                     Rule::PolicyNameReserved,
                     format!(
                         "the name {ISOLATION_POLICY_NAME} is reserved for lab {namespace:?}'s canonical \
-                         isolation policy; use another name for your own NetworkPolicies"
+                         isolation policy; only portal principals may add other NetworkPolicies"
                     ),
                 )
             } else {
@@ -431,13 +496,134 @@ fn decide_policy(
                     Rule::PolicyImmutable,
                     format!(
                         "the spec of NetworkPolicy {ISOLATION_POLICY_NAME} in lab {namespace:?} is managed by \
-                         labgate-admission and cannot be changed; add another NetworkPolicy instead"
+                         labgate-admission and cannot be changed"
                     ),
                 )
             }
         }
         Operation::Connect => Decision::allow(),
     }
+}
+
+/// Rule 3b: NetworkPolicies are additive allow-lists and `labgate-isolation`
+/// already selects every pod in both directions, so any other policy in a lab
+/// can only widen what the lab may reach. Only portal principals write them;
+/// the namespace controller (or anyone while the lab terminates) may delete them.
+fn decide_other_policy(
+    req: &AdmissionRequest<DynamicObject>,
+    rules: &Rules,
+    namespace: &str,
+    cleanup: bool,
+) -> Decision {
+    if req.operation == Operation::Connect || is_portal(req, rules) {
+        return Decision::allow();
+    }
+    if req.operation == Operation::Delete && cleanup {
+        return Decision::allow();
+    }
+    Decision::deny(
+        Rule::PolicyWritesRestricted,
+        format!(
+            "in lab {namespace:?} only portal principals may create, change or delete \
+             NetworkPolicies other than {ISOLATION_POLICY_NAME} (any extra NetworkPolicy \
+             widens the lab's isolation); user {:?} is not one",
+            username(req)
+        ),
+    )
+}
+
+/// Multus annotation on pods (and pod templates).
+const MULTUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+
+/// Why a workload would bypass NetworkPolicy, if it does: host namespaces or
+/// ports, Multus networks defined in another namespace, SR-IOV interfaces.
+/// Secondary networks inside the lab's own namespace stay allowed (their
+/// NetworkAttachmentDefinition is lab content, written by whoever may).
+fn network_escape(resource: &str, obj: &serde_json::Value, ns: &str) -> Option<String> {
+    let at = |p: &str| obj.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
+    // (pod template metadata+spec, VMI spec) locations per kind.
+    let (pod, vmi) = match resource {
+        "pods" => (Some(at("")), None),
+        "deployments" | "replicasets" | "statefulsets" | "daemonsets" | "jobs" => {
+            (Some(at("/spec/template")), None)
+        }
+        "cronjobs" => (Some(at("/spec/jobTemplate/spec/template")), None),
+        "virtualmachineinstances" => (None, Some(at("/spec"))),
+        "virtualmachines" | "virtualmachineinstancereplicasets" => {
+            (None, Some(at("/spec/template/spec")))
+        }
+        "virtualmachinepools" => (
+            None,
+            Some(at("/spec/virtualMachineTemplate/spec/template/spec")),
+        ),
+        _ => (None, None),
+    };
+    if let Some(pod) = pod {
+        let spec = &pod["spec"];
+        for field in ["hostNetwork", "hostPID", "hostIPC"] {
+            if spec[field] == serde_json::Value::Bool(true) {
+                return Some(format!("{field} is not allowed in a lab"));
+            }
+        }
+        let containers = ["containers", "initContainers", "ephemeralContainers"];
+        for c in containers
+            .iter()
+            .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        {
+            for port in c["ports"].as_array().into_iter().flatten() {
+                if port.get("hostPort").is_some_and(|p| !p.is_null() && p != 0) {
+                    return Some("hostPort is not allowed in a lab".into());
+                }
+            }
+        }
+        if let Some(nets) = pod["metadata"]["annotations"][MULTUS_ANNOTATION].as_str()
+            && let Some(other) = foreign_multus(nets, ns)
+        {
+            return Some(format!(
+                "Multus network {other:?} is defined outside the lab"
+            ));
+        }
+    }
+    if let Some(spec) = vmi {
+        for net in spec["networks"].as_array().into_iter().flatten() {
+            if let Some(name) = net.pointer("/multus/networkName").and_then(|v| v.as_str())
+                && name.split_once('/').is_some_and(|(n, _)| n != ns)
+            {
+                return Some(format!(
+                    "Multus network {name:?} is defined outside the lab"
+                ));
+            }
+        }
+        for iface in spec
+            .pointer("/domain/devices/interfaces")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if iface.get("sriov").is_some() {
+                return Some("SR-IOV interfaces are not allowed in a lab".into());
+            }
+        }
+    }
+    None
+}
+
+/// The first Multus network (comma list `ns/name@if` or JSON list) outside `ns`.
+fn foreign_multus(value: &str, ns: &str) -> Option<String> {
+    let value = value.trim();
+    if value.starts_with('[') {
+        let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(value) else {
+            return Some(value.to_string()); // unparsable: refuse rather than guess
+        };
+        return list.iter().find_map(|n| {
+            let other = n["namespace"].as_str().filter(|x| *x != ns)?;
+            Some(format!("{other}/{}", n["name"].as_str().unwrap_or("")))
+        });
+    }
+    value.split(',').map(str::trim).find_map(|n| {
+        let (other, _) = n.split_once('/')?;
+        (other != ns).then(|| n.to_string())
+    })
 }
 
 /// Rule 2: nothing runs in a lab before its isolation policy.
@@ -452,6 +638,27 @@ fn decide_workload(
         return Decision::deny(Rule::MalformedRequest, "workload CREATE without namespace");
     };
     let what = format!("{} in namespace {namespace:?}", req.kind.kind);
+    // DynamicObject keeps metadata apart from data; the pod checks need both.
+    let full = req.object.as_ref().map(|obj| {
+        let mut full = obj.data.clone();
+        if let Ok(meta) = serde_json::to_value(&obj.metadata)
+            && full.is_object()
+        {
+            full["metadata"] = meta;
+        }
+        full
+    });
+    if let Some(full) = full.as_ref()
+        && let Some(why) = network_escape(&req.resource.resource, full, namespace)
+    {
+        return Decision::deny(
+            Rule::WorkloadNetworkRestricted,
+            format!(
+                "cannot create {what}: {why}; NetworkPolicy does not cover it, so it would leave \
+                 the lab's isolation"
+            ),
+        );
+    }
     match view.namespace(namespace) {
         // Only lab namespaces are sent (see `decide`): the cache is behind.
         NamespaceState::NotLab => Decision::deny(
@@ -521,6 +728,14 @@ mod tests {
         Result<(), Rule>,
     );
 
+    /// Workload case: what, resource, object, expectation.
+    type WlCase<'a> = (
+        &'a str,
+        (&'a str, &'a str, &'a str, &'a str),
+        Value,
+        Result<(), Rule>,
+    );
+
     #[derive(Default)]
     struct View {
         namespaces: HashMap<&'static str, NamespaceState>,
@@ -565,6 +780,7 @@ mod tests {
             portal_groups: vec!["portals".into()],
             namespace_controller_users: vec![crate::config::DEFAULT_NAMESPACE_CONTROLLER.into()],
             egress: EgressMode::Standard,
+            exempt_namespaces: vec!["labgate-system".into(), "monitoring".into()],
         }
     }
 
@@ -724,12 +940,55 @@ mod tests {
     }
 
     #[test]
+    fn exempt_namespaces_never_become_labs() {
+        // Item 5: system namespaces and the service's own (or configured)
+        // namespaces are exempt from the policy webhooks; marking one as a lab
+        // would make the reconciler isolate it, so nobody may, portals included.
+        let null = Value::Null;
+        for ns in [
+            "kube-system",
+            "default",
+            "kube-public",
+            "labgate-system",
+            "monitoring",
+        ] {
+            let lab = lab_ns(ns, "alice@example.com", None);
+            let plain =
+                json!({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
+            for user in [PORTAL_SA, STUDENT] {
+                for (op, obj, old) in [("CREATE", &lab, &null), ("UPDATE", &lab, &plain)] {
+                    let req = review(NS, op, None, ns, user, obj.clone(), old.clone());
+                    let d = decide(&req, &view(), &rules());
+                    assert_eq!(
+                        d.rule,
+                        Some(Rule::LabNamespaceExempt),
+                        "{ns} {op} {user:?}: {d:?}"
+                    );
+                }
+            }
+            // Removing the marking stays possible (recovery).
+            let req = review(
+                NS,
+                "UPDATE",
+                None,
+                ns,
+                PORTAL_SA,
+                plain.clone(),
+                lab.clone(),
+            );
+            assert!(decide(&req, &view(), &rules()).allowed, "{ns}");
+        }
+    }
+
+    #[test]
     fn isolation_policy_rules() {
         let canonical = policy("lab-ok", EgressMode::Standard);
         let strict = policy("lab-ok", EgressMode::Strict);
         let mut open = canonical.clone();
         open["spec"]["policyTypes"] = json!(["Ingress"]);
         open["spec"].as_object_mut().unwrap().remove("egress");
+        let mut mine = open.clone();
+        mine["metadata"]["name"] = json!("mine");
         let mut relabelled = canonical.clone();
         relabelled["metadata"]["labels"]["note"] = json!("hi");
         let null = Value::Null;
@@ -745,14 +1004,23 @@ mod tests {
             ("delete in unknown ns", "DELETE", "lab-fresh", name, STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
             ("delete where the cache lags (not a lab yet)", "DELETE", "plain", name, STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
             ("weak create where the cache lags", "CREATE", "plain", name, STUDENT, &open, &null, Err(Rule::PolicyNameReserved)),
-            ("delete other policy in lab", "DELETE", "lab-ok", "mine", STUDENT, &null, &canonical, Ok(())),
+            ("deletecollection item (empty name)", "DELETE", "lab-ok", "", STUDENT, &null, &canonical, Err(Rule::PolicyProtected)),
+            ("delete other policy in lab", "DELETE", "lab-ok", "mine", STUDENT, &null, &mine, Err(Rule::PolicyWritesRestricted)),
+            ("deletecollection item of other policy", "DELETE", "lab-ok", "", STUDENT, &null, &mine, Err(Rule::PolicyWritesRestricted)),
+            ("portal deletes other policy", "DELETE", "lab-ok", "mine", PORTAL_SA, &null, &mine, Ok(())),
+            ("controller deletes other policy", "DELETE", "lab-ok", "mine", controller, &null, &mine, Ok(())),
+            ("other policy goes with its namespace", "DELETE", "lab-gone", "mine", kcm, &null, &mine, Ok(())),
             ("update weakening", "UPDATE", "lab-ok", name, STUDENT, &open, &canonical, Err(Rule::PolicyImmutable)),
             ("update to other mode", "UPDATE", "lab-ok", name, STUDENT, &strict, &canonical, Err(Rule::PolicyImmutable)),
             ("update metadata only", "UPDATE", "lab-ok", name, STUDENT, &relabelled, &canonical, Ok(())),
             ("update repairing drift", "UPDATE", "lab-drift", name, STUDENT, &canonical, &open, Ok(())),
             ("create canonical", "CREATE", "lab-new", name, STUDENT, &canonical, &null, Ok(())),
             ("create weak under reserved name", "CREATE", "lab-new", name, STUDENT, &open, &null, Err(Rule::PolicyNameReserved)),
-            ("create weak under other name", "CREATE", "lab-new", "mine", STUDENT, &open, &null, Ok(())),
+            ("create open policy under other name", "CREATE", "lab-new", "mine", STUDENT, &mine, &null, Err(Rule::PolicyWritesRestricted)),
+            ("create other policy where the cache lags", "CREATE", "plain", "mine", STUDENT, &mine, &null, Err(Rule::PolicyWritesRestricted)),
+            ("update other policy", "UPDATE", "lab-ok", "mine", STUDENT, &mine, &mine, Err(Rule::PolicyWritesRestricted)),
+            ("portal creates other policy", "CREATE", "lab-ok", "mine", PORTAL_SA, &mine, &null, Ok(())),
+            ("portal group updates other policy", "UPDATE", "lab-ok", "mine", PORTAL_GROUP_MEMBER, &mine, &mine, Ok(())),
             ("create without object", "CREATE", "lab-new", name, STUDENT, &null, &null, Err(Rule::MalformedRequest)),
         ];
         for (what, op, ns, n, user, obj, old, expect) in table {
@@ -938,6 +1206,48 @@ mod tests {
             Value::Null,
         );
         check(&cm, Ok(()));
+    }
+
+    #[test]
+    fn workloads_cannot_leave_the_network_policy() {
+        let deny = Err(Rule::WorkloadNetworkRestricted);
+        let pod = |spec: Value, ann: Value| json!({"metadata": {"name": "p", "annotations": ann}, "spec": spec});
+        let c = json!([{"name": "c", "image": "x"}]);
+        #[rustfmt::skip]
+        let table: Vec<WlCase<'_>> = vec![
+            ("plain pod", POD, pod(json!({"containers": c}), json!({})), Ok(())),
+            ("hostNetwork", POD, pod(json!({"hostNetwork": true, "containers": c}), json!({})), deny),
+            ("hostPID", POD, pod(json!({"hostPID": true, "containers": c}), json!({})), deny),
+            ("hostIPC", POD, pod(json!({"hostIPC": true, "containers": c}), json!({})), deny),
+            ("hostPort", POD, pod(json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}), json!({})), deny),
+            ("multus other ns", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "default/macvlan"})), deny),
+            ("multus json other ns", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "[{\"name\":\"m\",\"namespace\":\"kube-system\"}]"})), deny),
+            ("multus garbage", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "[oops"})), deny),
+            ("multus own ns", POD, pod(json!({"containers": c}), json!({MULTUS_ANNOTATION: "lab-ok/m, m2"})), Ok(())),
+            ("deployment hostNetwork", ("apps", "v1", "deployments", "Deployment"), json!({"spec": {"template": {"spec": {"hostNetwork": true}}}}), deny),
+            ("cronjob hostNetwork", ("batch", "v1", "cronjobs", "CronJob"), json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"hostNetwork": true}}}}}}), deny),
+            ("vmi pod network", VMI, json!({"spec": {"networks": [{"name": "default", "pod": {}}]}}), Ok(())),
+            ("vmi multus other ns", VMI, json!({"spec": {"networks": [{"name": "n", "multus": {"networkName": "default/br"}}]}}), deny),
+            ("vmi multus own ns", VMI, json!({"spec": {"networks": [{"name": "n", "multus": {"networkName": "lab-ok/br"}}]}}), Ok(())),
+            ("vmi sriov", VMI, json!({"spec": {"domain": {"devices": {"interfaces": [{"name": "n", "sriov": {}}]}}}}), deny),
+            ("vm multus other ns", ("kubevirt.io", "v1", "virtualmachines", "VirtualMachine"), json!({"spec": {"template": {"spec": {"networks": [{"name": "n", "multus": {"networkName": "other/br"}}]}}}}), deny),
+            ("pool sriov", ("pool.kubevirt.io", "v1alpha1", "virtualmachinepools", "VirtualMachinePool"), json!({"spec": {"virtualMachineTemplate": {"spec": {"template": {"spec": {"domain": {"devices": {"interfaces": [{"name": "n", "sriov": {}}]}}}}}}}}), deny),
+        ];
+        for (what, rt, obj, expect) in table {
+            for user in [STUDENT, PORTAL_SA] {
+                let req = review(
+                    rt,
+                    "CREATE",
+                    Some("lab-ok"),
+                    "x",
+                    user,
+                    obj.clone(),
+                    Value::Null,
+                );
+                let d = decide(&req, &view(), &rules());
+                assert_eq!(d.rule, expect.err(), "{what}: {d:?}");
+            }
+        }
     }
 
     #[test]

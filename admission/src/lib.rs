@@ -1,7 +1,8 @@
 //! labgate-admission: keeps the lab contract of `labgate-policies` true whatever a portal or user does.
 //!
 //! A validating webhook refuses workloads in labs that lack their isolation
-//! NetworkPolicy, edits or deletion of that policy, and forged or stripped lab
+//! NetworkPolicy, edits or deletion of that policy, any other NetworkPolicy
+//! write by a non-portal principal, and forged or stripped lab
 //! labels; a reconciler server-side applies the policy in every lab namespace.
 //!
 //! # Layout
@@ -146,6 +147,7 @@ pub async fn start(
             client,
             config.egress,
             metrics.clone(),
+            config.exempt_namespaces(),
             shutdown.clone(),
         ));
     }

@@ -8,7 +8,9 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rustls warns for every client sending an IP address as SNI
+                // (normal for webhook clients); keep its errors only.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
         )
         // No colour codes in container logs.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// Self-managed certificate actions (ca-created, ca-rotated, leaf-issued, cabundle-patched).
     pub cert_actions: IntCounterVec,
+    /// notAfter of the served leaf certificate (Unix seconds).
+    pub cert_expiry: IntGauge,
+    /// Denials by rule (every denial counts; the log is sampled).
+    pub denials: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -83,6 +87,74 @@ impl Metrics {
             "Self-managed certificate actions, by action.",
             &["action"],
         );
+        let denials = counter(
+            "labgate_admission_denials_total",
+            "Admission denials, by rule (all of them; logs are sampled).",
+            &["rule"],
+        );
+        // Every documented series exists at 0 from the start, so alerts and
+        // dashboards see 0 rather than "no data".
+        let zero = |c: &IntCounterVec, values: &[&[&str]]| {
+            for v in values {
+                c.with_label_values(v);
+            }
+        };
+        for op in ["CREATE", "UPDATE", "DELETE", "CONNECT"] {
+            for kind in [
+                "Namespace",
+                "NetworkPolicy",
+                "Pod",
+                "VirtualMachineInstance",
+                "VirtualMachine",
+                "OtherWorkload",
+                "Other",
+            ] {
+                zero(&requests, &[&[op, kind, "allowed"], &[op, kind, "denied"]]);
+            }
+        }
+        for r in [
+            "bad_json",
+            "wrong_type",
+            "no_request",
+            "too_large",
+            "read_error",
+        ] {
+            zero(&invalid_requests, &[&[r]]);
+        }
+        for a in [
+            "created",
+            "repaired",
+            "unchanged",
+            "skipped-not-lab",
+            "skipped-exempt",
+            "skipped-terminating",
+        ] {
+            zero(&reconcile_actions, &[&[a]]);
+        }
+        for e in [
+            "forbidden",
+            "conflict",
+            "invalid",
+            "server",
+            "api",
+            "transport",
+        ] {
+            zero(&reconcile_errors, &[&[e]]);
+        }
+        zero(&watch_errors, &[&["namespaces"], &["networkpolicies"]]);
+        zero(&tls_reloads, &[&["success"], &["failure"]]);
+        for a in [
+            "ca-created",
+            "ca-rotated",
+            "leaf-issued",
+            "cabundle-patched",
+            "error",
+        ] {
+            zero(&cert_actions, &[&[a]]);
+        }
+        for rule in crate::decide::Rule::ALL {
+            zero(&denials, &[&[rule.name()]]);
+        }
         // Decisions take microseconds; the buckets reach up to the webhook timeout.
         let buckets =
             prometheus::exponential_buckets(0.000_005, 4.0, 12).expect("static buckets are valid");
@@ -98,6 +170,9 @@ impl Metrics {
         registry
             .register(Box::new(request_duration.clone()))
             .expect("metric names are unique");
+        for d in ["allowed", "denied"] {
+            request_duration.with_label_values(&[d]);
+        }
         let cache_ready = IntGauge::new(
             "labgate_admission_cache_ready",
             "1 once the namespace and policy caches have synced.",
@@ -106,7 +181,16 @@ impl Metrics {
         registry
             .register(Box::new(cache_ready.clone()))
             .expect("metric names are unique");
+        let cert_expiry = IntGauge::new(
+            "labgate_admission_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving leaf certificate, set whenever it is loaded or reloaded.",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(cert_expiry.clone()))
+            .expect("metric names are unique");
         Metrics {
+            cert_expiry,
             registry,
             requests,
             request_duration,
@@ -117,6 +201,7 @@ impl Metrics {
             cache_ready,
             tls_reloads,
             cert_actions,
+            denials,
         }
     }
 
@@ -131,6 +216,29 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fresh_registry_exposes_every_documented_series_at_zero() {
+        // Item 15: alerts must see 0, not "no data", before first use.
+        let text = super::Metrics::new().render();
+        for line in [
+            "labgate_admission_tls_reloads_total{result=\"success\"} 0",
+            "labgate_admission_tls_reloads_total{result=\"failure\"} 0",
+            "labgate_admission_certificate_actions_total{action=\"error\"} 0",
+            "labgate_admission_certificate_actions_total{action=\"leaf-issued\"} 0",
+            "labgate_admission_reconcile_errors_total{error=\"transport\"} 0",
+            "labgate_admission_reconcile_actions_total{action=\"skipped-exempt\"} 0",
+            "labgate_admission_watch_errors_total{resource=\"namespaces\"} 0",
+            "labgate_admission_watch_errors_total{resource=\"networkpolicies\"} 0",
+            "labgate_admission_invalid_requests_total{reason=\"bad_json\"} 0",
+            "labgate_admission_requests_total{decision=\"denied\",kind=\"NetworkPolicy\",operation=\"DELETE\"} 0",
+            "labgate_admission_request_duration_seconds_count{decision=\"denied\"} 0",
+            "labgate_admission_denials_total{rule=\"policy-writes-restricted\"} 0",
+            "labgate_admission_cache_ready 0",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+    }
+
     #[test]
     fn renders_counters_with_labels() {
         let m = super::Metrics::new();

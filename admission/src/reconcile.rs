@@ -65,12 +65,19 @@ pub struct Context {
     metrics: Metrics,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    /// `--service-namespace` and `--exempt-namespace` (besides `default`, `kube-*`).
+    exempt: Vec<String>,
 }
 
 impl Context {
     /// Builds the context; events are reported as controller `labgate-admission`
     /// with instance `$POD_NAME` when set.
-    pub fn new(client: Client, egress: EgressMode, metrics: Metrics) -> Context {
+    pub fn new(
+        client: Client,
+        egress: EgressMode,
+        metrics: Metrics,
+        exempt: Vec<String>,
+    ) -> Context {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_string(),
             instance: std::env::var("POD_NAME").ok(),
@@ -81,6 +88,7 @@ impl Context {
             egress,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            exempt,
         }
     }
 
@@ -137,6 +145,12 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     let action = |a: &str| ctx.metrics.reconcile_actions.with_label_values(&[a]).inc();
     if !is_lab(ns.labels()) {
         action("skipped-not-lab");
+        return Ok(Action::await_change());
+    }
+    // A marking forced onto a system or exempt namespace is never acted on:
+    // isolating kube-system cuts cluster DNS, the service's own namespace the webhook.
+    if labgate_policies::lab::is_system_namespace(&name) || ctx.exempt.contains(&name) {
+        action("skipped-exempt");
         return Ok(Action::await_change());
     }
     if matches!(
@@ -240,9 +254,10 @@ pub async fn run(
     client: Client,
     egress: EgressMode,
     metrics: Metrics,
+    exempt: Vec<String>,
     shutdown: CancellationToken,
 ) {
-    let ctx = Arc::new(Context::new(client.clone(), egress, metrics));
+    let ctx = Arc::new(Context::new(client.clone(), egress, metrics, exempt));
     let namespaces = Api::<Namespace>::all(client.clone());
     let policies = Api::<NetworkPolicy>::all(client);
     Controller::new(namespaces, watcher::Config::default().labels(LAB_SELECTOR))

@@ -119,6 +119,21 @@ impl ReloadingCert {
         }))
     }
 
+    /// notAfter (Unix seconds) of the served leaf, if it parses.
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.current();
+        let leaf = current.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
+    /// Sets `labgate_admission_certificate_expiry_timestamp_seconds`.
+    pub fn publish_expiry(&self, metrics: &Metrics) {
+        if let Some(t) = self.not_after() {
+            metrics.cert_expiry.set(t);
+        }
+    }
+
     /// The pair currently served.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current
@@ -130,6 +145,7 @@ impl ReloadingCert {
     /// Polls the files every [`RELOAD_INTERVAL`] until `shutdown`.
     pub fn spawn_reloader(self: &Arc<Self>, metrics: Metrics, shutdown: CancellationToken) {
         let this = Arc::clone(self);
+        this.publish_expiry(&metrics);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RELOAD_INTERVAL);
             loop {
@@ -142,6 +158,7 @@ impl ReloadingCert {
                     Some(Ok(())) => {
                         tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded");
                         metrics.tls_reloads.with_label_values(&["success"]).inc();
+                        this.publish_expiry(&metrics);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "new serving certificate rejected; keeping the old one");
@@ -212,6 +229,22 @@ mod tests {
         std::fs::remove_file(&k).unwrap();
         assert!(matches!(r.check(), Some(Err(TlsError::Read { .. }))));
         assert_ne!(r.current().cert[0], first, "still serving pair two");
+    }
+
+    #[test]
+    fn expiry_gauge_follows_the_served_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c1, k1) = pair(&["one.example"]);
+        std::fs::write(&c, &c1).unwrap();
+        std::fs::write(&k, &k1).unwrap();
+        let r = ReloadingCert::new(&c, &k).unwrap();
+        let t = r.not_after().expect("leaf notAfter parses");
+        // rcgen's default validity ends in 4096.
+        assert!(t > 2_000_000_000, "{t}");
+        let m = Metrics::new();
+        r.publish_expiry(&m);
+        assert_eq!(m.cert_expiry.get(), t);
     }
 
     #[test]

@@ -206,7 +206,22 @@ pub fn review_bytes(
         .requests
         .with_label_values(&[operation.as_str(), kind_label(&request), verdict])
         .inc();
-    if !decision.allowed {
+    if let Some(rule) = decision.rule {
+        state
+            .metrics
+            .denials
+            .with_label_values(&[rule.name()])
+            .inc();
+    }
+    if !decision.allowed
+        && let Some(suppressed) = DENIAL_LOG.admit(std::time::Instant::now())
+    {
+        if suppressed > 0 {
+            tracing::info!(
+                suppressed,
+                "{suppressed} denials not logged in the last window (labgate_admission_denials_total counts all)"
+            );
+        }
         tracing::info!(
             uid = %request.uid,
             user = request.user_info.username.as_deref().unwrap_or(""),
@@ -302,5 +317,74 @@ where
         .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Denials logged per window; the rest are only counted (a tenant looping a
+/// denied request must not flood the log).
+pub const DENIAL_LOG_BURST: u32 = 5;
+/// The sampling window of [`DENIAL_LOG_BURST`].
+pub const DENIAL_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+static DENIAL_LOG: DenialSampler = DenialSampler::new();
+
+/// Lets through [`DENIAL_LOG_BURST`] denials per [`DENIAL_LOG_WINDOW`].
+pub struct DenialSampler {
+    state: std::sync::Mutex<Option<(std::time::Instant, u32, u64)>>,
+}
+
+impl Default for DenialSampler {
+    fn default() -> Self {
+        DenialSampler::new()
+    }
+}
+
+impl DenialSampler {
+    /// An empty sampler.
+    pub const fn new() -> DenialSampler {
+        DenialSampler {
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Some(n)` when this denial may be logged, `n` being how many earlier
+    /// ones were suppressed since the last logged line; `None` to stay silent.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.as_mut() {
+            Some((start, logged, suppressed)) if now.duration_since(*start) < DENIAL_LOG_WINDOW => {
+                if *logged < DENIAL_LOG_BURST {
+                    *logged += 1;
+                    Some(std::mem::take(suppressed))
+                } else {
+                    *suppressed += 1;
+                    None
+                }
+            }
+            Some((start, logged, suppressed)) => {
+                *start = now;
+                *logged = 1;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                *st = Some((now, 1, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod denial_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_denials_logs_a_bounded_number_of_lines() {
+        let s = DenialSampler::new();
+        let t0 = std::time::Instant::now();
+        let logged = (0..12_800).filter(|_| s.admit(t0).is_some()).count();
+        assert_eq!(logged, DENIAL_LOG_BURST as usize);
+        // The next window logs again and reports what was suppressed.
+        assert_eq!(s.admit(t0 + DENIAL_LOG_WINDOW), Some(12_800 - 5));
     }
 }

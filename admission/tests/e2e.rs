@@ -174,20 +174,41 @@ async fn policy_cannot_be_deleted_or_weakened_and_forced_changes_are_repaired() 
     }
     assert!(h.standin.get_json(&policy_path("lab-b")).is_some());
 
-    // Other NetworkPolicies stay the lab owner's business.
+    // Item 1: any other NetworkPolicy widens the lab (they are additive), so
+    // tenants may not write one; portals may.
     let mine: NetworkPolicy = serde_json::from_value(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "allow-web"},
-        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}
+        "metadata": {"name": "allow-all"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}], "egress": [{}]}
     }))
     .unwrap();
     let student_policies = Api::<NetworkPolicy>::namespaced(h.student(), "lab-b");
-    student_policies
+    let err = student_policies
+        .create(&PostParams::default(), &mine)
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule policy-writes-restricted"),
+        "{}",
+        api_message(&err)
+    );
+    assert!(
+        h.standin
+            .get_json("/apis/networking.k8s.io/v1/namespaces/lab-b/networkpolicies/allow-all")
+            .is_none()
+    );
+    let portal_policies = Api::<NetworkPolicy>::namespaced(h.portal(), "lab-b");
+    portal_policies
         .create(&PostParams::default(), &mine)
         .await
         .unwrap();
-    student_policies
-        .delete("allow-web", &DeleteParams::default())
+    let err = student_policies
+        .delete("allow-all", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(api_message(&err).contains("rule policy-writes-restricted"));
+    portal_policies
+        .delete("allow-all", &DeleteParams::default())
         .await
         .unwrap();
 
@@ -329,6 +350,7 @@ async fn workloads_wait_for_the_policy() {
         h.standin.client(ADMISSION_TOKEN),
         EgressMode::Standard,
         labgate_admission::Metrics::new(),
+        vec!["labgate-system".into()],
         shutdown,
     ));
     assert!(
@@ -685,7 +707,11 @@ async fn dry_run_leaves_no_trace() {
     );
     assert_eq!(dispatched.len(), 2);
     let metrics = h.running.metrics.render();
-    assert!(!metrics.contains("action=\"created\""), "{metrics}");
+    // Registered at 0 from the start (item 15); a dry run must not count.
+    assert!(
+        metrics.contains("labgate_admission_reconcile_actions_total{action=\"created\"} 0"),
+        "{metrics}"
+    );
     // The webhook itself wrote nothing to the API during those reviews.
     let writes: Vec<_> = h
         .standin
@@ -794,4 +820,113 @@ async fn reconciler_keeps_going_through_api_errors_and_watch_loss() {
             .await,
         "repaired after the watches recovered"
     );
+}
+
+/// Item 2: DELETECOLLECTION sends one admission request per item with an empty
+/// `name` (apiserver handlers/delete.go, rest/delete.go); the policy must still
+/// be recognised by its oldObject and protected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collection_cannot_remove_the_policy() {
+    let h = Harness::start(&["--no-reconciler"]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-dc", STUDENT))
+        .await
+        .unwrap();
+    Api::<NetworkPolicy>::namespaced(h.portal(), "lab-dc")
+        .create(
+            &PostParams::default(),
+            &EgressMode::Standard.policy("lab-dc"),
+        )
+        .await
+        .unwrap();
+    let policies = Api::<NetworkPolicy>::namespaced(h.student(), "lab-dc");
+    let lp =
+        kube::api::ListParams::default().fields(&format!("metadata.name={ISOLATION_POLICY_NAME}"));
+    let err = policies
+        .delete_collection(&DeleteParams::default(), &lp)
+        .await
+        .unwrap_err();
+    let msg = api_message(&err);
+    assert!(msg.contains("rule policy-protected"), "{msg}");
+    assert!(
+        h.standin.get_json(&policy_path("lab-dc")).is_some(),
+        "deletecollection removed the isolation policy"
+    );
+    // The webhook saw the per-item request as the API server sends it.
+    let seen = h.denials();
+    let item = seen
+        .iter()
+        .find(|d| d.review["request"]["operation"] == "DELETE")
+        .expect("the per-item DELETE reached the webhook");
+    assert_eq!(item.review["request"]["name"], "");
+    assert_eq!(
+        item.review["request"]["oldObject"]["metadata"]["name"],
+        ISOLATION_POLICY_NAME
+    );
+}
+
+/// Item 5: labelling a system or exempt namespace as a lab is refused for
+/// everyone (the namespaces webhook has no exempting namespaceSelector), and a
+/// marking forced past admission is never acted on by the reconciler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exempt_namespaces_never_become_labs() {
+    let h = Harness::start(&[]).await;
+    for ns in ["kube-system", "labgate-system"] {
+        let mut plain = Namespace::default();
+        plain.metadata.name = Some(ns.into());
+        h.standin.put_namespace(plain);
+        let marked = lab_namespace(ns, STUDENT);
+        let patch = json!({"metadata": {"labels": marked.metadata.labels, "annotations": marked.metadata.annotations}});
+        let err = Api::<Namespace>::all(h.portal())
+            .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_err();
+        assert!(
+            api_message(&err).contains("rule lab-namespace-exempt"),
+            "{ns}: {}",
+            api_message(&err)
+        );
+        // Forced past admission: the reconciler still leaves it alone.
+        h.standin.put_namespace(marked);
+    }
+    h.wait_metric("labgate_admission_reconcile_actions_total{action=\"skipped-exempt\"} 2")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for ns in ["kube-system", "labgate-system"] {
+        assert!(
+            h.standin.get_json(&policy_path(ns)).is_none(),
+            "the reconciler isolated {ns}"
+        );
+    }
+}
+
+/// Item 3: host networking escapes NetworkPolicy, so it is refused in labs
+/// even where the isolation policy is in place, portals included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pods_are_refused_in_labs() {
+    let h = Harness::start(&[]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-hn", STUDENT))
+        .await
+        .unwrap();
+    assert!(
+        h.wait_policy("lab-hn", Duration::from_secs(1), EgressMode::Standard)
+            .await
+    );
+    h.wait_cached_policy("lab-hn").await;
+    let mut p = pod("hn");
+    p.spec.as_mut().unwrap().host_network = Some(true);
+    let err = Api::<Pod>::namespaced(h.portal(), "lab-hn")
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap_err();
+    assert!(
+        api_message(&err).contains("rule workload-network-restricted"),
+        "{}",
+        api_message(&err)
+    );
+    Api::<Pod>::namespaced(h.portal(), "lab-hn")
+        .create(&PostParams::default(), &pod("ok"))
+        .await
+        .unwrap();
 }

@@ -32,7 +32,13 @@ fn every_webhook_fails_closed_quickly_and_dry_run_safely() {
         );
         let service = w.client_config.service.as_ref().expect("service reference");
         assert_eq!(service.path.as_deref(), Some("/validate"));
-        // kube-system and the service's own namespace are exempt.
+        // The namespaces webhook exempts nothing: marking kube-system or the
+        // service's namespace as a lab must be seen (item 5).
+        if w.name.starts_with("namespaces.") {
+            assert!(w.namespace_selector.is_none(), "{}", w.name);
+            continue;
+        }
+        // The others exempt kube-system and the service's own namespace.
         let exempt = w
             .namespace_selector
             .as_ref()
@@ -248,7 +254,7 @@ async fn routing_follows_the_api_server_matching_rules() {
         .is_empty(),
         "plain namespaces are not sent"
     );
-    assert!(
+    assert_eq!(
         routed(&review(
             ns,
             None,
@@ -257,9 +263,9 @@ async fn routing_follows_the_api_server_matching_rules() {
             "kube-system",
             kube_system.clone(),
             kube_system
-        ))
-        .is_empty(),
-        "kube-system exempt"
+        )),
+        ["namespaces.admission.labgate.io"],
+        "marking kube-system is seen"
     );
 
     let np = ("networking.k8s.io", "networkpolicies");
@@ -275,7 +281,21 @@ async fn routing_follows_the_api_server_matching_rules() {
         )),
         ["policies.admission.labgate.io"]
     );
-    assert!(
+    // A deletecollection's per-item review has an empty name: it must be sent.
+    assert_eq!(
+        routed(&review(
+            np,
+            None,
+            "DELETE",
+            Some("lab-a"),
+            "",
+            Value::Null,
+            json!({"metadata": {"name": "labgate-isolation"}})
+        )),
+        ["policies.admission.labgate.io"],
+        "deletecollection items are seen"
+    );
+    assert_eq!(
         routed(&review(
             np,
             None,
@@ -284,9 +304,9 @@ async fn routing_follows_the_api_server_matching_rules() {
             "allow-web",
             Value::Null,
             json!({})
-        ))
-        .is_empty(),
-        "other policies are the owner's business"
+        )),
+        ["policies.admission.labgate.io"],
+        "every NetworkPolicy write in a lab is seen"
     );
     assert!(
         routed(&review(

@@ -68,6 +68,7 @@ impl Server {
                 portal_groups: vec![],
                 namespace_controller_users: vec![],
                 egress: EgressMode::Standard,
+                exempt_namespaces: vec![],
             },
             metrics: metrics.clone(),
         });

@@ -135,12 +135,34 @@ mod tests {
         let v4 = blocks.iter().find(|b| b.cidr == "0.0.0.0/0").unwrap();
         let except = v4.except.clone().unwrap();
         for cidr in [
+            "0.0.0.0/8",
             "10.0.0.0/8",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
             "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "240.0.0.0/4",
+            // Azure WireServer: a metadata endpoint with a public address.
+            "168.63.129.16/32",
         ] {
             assert!(except.iter().any(|e| e == cidr), "{cidr} must be excluded");
+        }
+        // IPv6 needs its own block: an except must lie within its cidr.
+        let v6 = blocks.iter().find(|b| b.cidr == "::/0").unwrap();
+        let except6 = v6.except.clone().unwrap();
+        for cidr in [
+            "::/128",
+            "::1/128",
+            "fc00::/7", // ULA, includes AWS IMDS fd00:ec2::254
+            "fe80::/10",
+            "64:ff9b::/96", // NAT64 well-known prefix would reach the IPv4 ranges above
+            "64:ff9b:1::/48", // local-use NAT64
+            "2001:db8::/32",
+        ] {
+            assert!(except6.iter().any(|e| e == cidr), "{cidr} must be excluded");
         }
         assert!(
             EgressMode::Strict.spec().egress.unwrap().iter().all(|r| r

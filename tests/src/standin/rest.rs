@@ -614,9 +614,24 @@ async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         &old,
         delete_options,
         call.dry_run(),
+        DeleteVia::Item,
     )
     .await?;
     Ok(json_response(200, &result))
+}
+
+/// How a delete was addressed: it decides the `name` admission sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteVia {
+    /// `DELETE .../{name}`: admission gets the name from the URL.
+    Item,
+    /// `DELETE .../{resource}` (deletecollection): the real apiserver builds the
+    /// attributes once with name `""` (endpoints/handlers/delete.go,
+    /// DeleteCollection) and reuses them for every item
+    /// (registry/rest/delete.go, AdmissionToValidateObjectDeleteFunc copies
+    /// `staticAttributes.GetName()`), so each per-item review has an empty
+    /// `name` and the item only in `oldObject`.
+    Collection,
 }
 
 /// Deletes the stored object `old` (admission included). Namespaces only start terminating.
@@ -627,6 +642,7 @@ pub async fn delete_object(
     old: &Value,
     options: Value,
     dry_run: bool,
+    via: DeleteVia,
 ) -> Result<Value, ApiError> {
     let name = old
         .pointer("/metadata/name")
@@ -639,7 +655,10 @@ pub async fn delete_object(
         &Attributes {
             rt,
             namespace: if is_namespace { Some(name) } else { namespace },
-            name,
+            name: match via {
+                DeleteVia::Item => name,
+                DeleteVia::Collection => "",
+            },
             operation: Operation::Delete,
             object: None,
             old_object: Some(old),
@@ -717,9 +736,21 @@ async fn finalize_namespace(shared: Arc<Shared>, name: String) {
                 continue;
             };
             let options = json!({ "kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1", "propagationPolicy": "Background" });
-            if delete_object(&shared, &controller, &rt, &obj, options, false)
-                .await
-                .is_err()
+            // The namespace controller deletes by collection where the resource
+            // supports it (pkg/controller/namespace/deletion/
+            // namespaced_resources_deleter.go, deleteCollection), so its
+            // reviews carry an empty name too.
+            if delete_object(
+                &shared,
+                &controller,
+                &rt,
+                &obj,
+                options,
+                false,
+                DeleteVia::Collection,
+            )
+            .await
+            .is_err()
             {
                 remaining += 1;
             }
@@ -753,6 +784,7 @@ async fn delete_collection(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
             &obj,
             options.clone(),
             call.dry_run(),
+            DeleteVia::Collection,
         )
         .await?;
         deleted.push(obj);
