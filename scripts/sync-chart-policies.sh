@@ -4,7 +4,7 @@
 # when the copies differ, so run this after changing anything in policies/manifests/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for f in validating-webhook.yaml; do
+for f in validating-webhook.yaml baseline-admin-network-policy.yaml; do
   cp "policies/manifests/$f" "helm/labgate/files/$f"
 done
 echo "synced policies/manifests -> helm/labgate/files"

@@ -21,7 +21,7 @@ NAMESPACE = "labgate-system"
 
 # Kinds that are not part of Kubernetes itself (CRDs): kubernetes-validate has
 # no schema for them, so their shape is asserted by the tests below instead.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate", "HTTPRoute"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate", "HTTPRoute", "BaselineAdminNetworkPolicy"}
 
 PORTAL = {"portal": {"users": ["system:serviceaccount:portal:portal"]}}
 
@@ -88,7 +88,7 @@ VALUE_SETS = {
             "tls": {"mode": "none"},
             "jwt": {"existingSecret": "portal-keys", "keys": [{"file": "portal.pem", "type": "public"}]},
         },
-        "admission": {**PORTAL, "egress": "strict"},
+        "admission": {**PORTAL, "egress": "strict", "extraExemptNamespaces": ["monitoring"], "baselineAdminNetworkPolicy": True},
         "apiServer": {"cidrs": ["10.96.0.1/32", "192.168.10.5/32"]},
     },
 }
@@ -280,10 +280,30 @@ def test_the_webhook_is_the_one_in_policies(rendered):
     assert ("cert-manager.io/inject-ca-from" in annotations) == cert_manager
 
 
-def test_chart_copy_of_the_webhook_matches_policies():
-    shipped = (ROOT / "policies" / "manifests" / "validating-webhook.yaml").read_text()
-    copy_in_chart = (CHART / "files" / "validating-webhook.yaml").read_text()
+@pytest.mark.parametrize("manifest", ["validating-webhook.yaml", "baseline-admin-network-policy.yaml"])
+def test_chart_copies_match_policies(manifest):
+    shipped = (ROOT / "policies" / "manifests" / manifest).read_text()
+    copy_in_chart = (CHART / "files" / manifest).read_text()
     assert copy_in_chart == shipped, "run scripts/sync-chart-policies.sh"
+
+
+def test_exempt_namespaces_and_the_baseline_follow_the_values(rendered):
+    name, values, objects, _ = rendered
+    a = values["admission"]
+    args = deployment(objects, "admission")["spec"]["template"]["spec"]["containers"][0]["args"]
+    for ns in a.get("extraExemptNamespaces", []):
+        assert f"--exempt-namespace={ns}" in args
+    (vwc,) = [o for _, o in objects if o["kind"] == "ValidatingWebhookConfiguration"]
+    for wh in vwc["webhooks"]:
+        for expr in wh.get("namespaceSelector", {}).get("matchExpressions", []):
+            if expr["key"] == "kubernetes.io/metadata.name":
+                assert expr["values"] == ["kube-system", NAMESPACE] + a.get("extraExemptNamespaces", [])
+    banp = [o for _, o in objects if o["kind"] == "BaselineAdminNetworkPolicy"]
+    if a.get("baselineAdminNetworkPolicy"):
+        shipped = yaml.safe_load((ROOT / "policies" / "manifests" / "baseline-admin-network-policy.yaml").read_text())
+        assert len(banp) == 1 and banp[0]["spec"] == shipped["spec"] and banp[0]["metadata"]["name"] == "default"
+    else:
+        assert not banp
 
 
 def test_nothing_is_regenerated_on_upgrade(rendered):
