@@ -49,12 +49,12 @@ impl Cache {
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(crate::watch_backoff::RelistBackoff::new())
         .modify(|ns| ns.managed_fields_mut().clear())
         .reflect(ns_writer);
         let np_config = watcher::Config::default().fields(&policy_field_selector());
         let np_stream = watcher(Api::<NetworkPolicy>::all(client), np_config)
-            .default_backoff()
+            .backoff(crate::watch_backoff::RelistBackoff::new())
             .modify(|np| np.managed_fields_mut().clear())
             .reflect(np_writer);
         spawn_drain(ns_stream, "namespaces", metrics.clone(), shutdown.clone());

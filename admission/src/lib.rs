@@ -12,6 +12,7 @@
 //! - [`webhook`]: HTTPS server, `/validate`, `/healthz`, `/readyz`, `/metrics`.
 //! - [`tls`]: serving certificate reloaded from disk on change.
 //! - [`reconcile`]: kube-runtime controller that creates and repairs the policy.
+//! - [`watch_backoff`]: retry at once after a 410 or a lost watch, back off only on a run of errors.
 //! - [`certs`]: optional self-managed CA, leaf and caBundle.
 //! - [`metrics`]: Prometheus registry.
 //! - [`run`] / [`start`]: wiring of the above.
@@ -23,6 +24,7 @@ pub mod decide;
 pub mod metrics;
 pub mod reconcile;
 pub mod tls;
+pub mod watch_backoff;
 pub mod webhook;
 
 use std::net::SocketAddr;

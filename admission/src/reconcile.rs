@@ -266,6 +266,8 @@ pub async fn run(
             watcher::Config::default().fields(&policy_field_selector()),
             |np: NetworkPolicy| np.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
         )
+        // Relist at once after a 410 or a failed re-watch (see watch_backoff).
+        .trigger_backoff(crate::watch_backoff::RelistBackoff::new())
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

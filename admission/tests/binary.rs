@@ -51,12 +51,13 @@ fn help_documents_every_flag_and_its_environment_variable() {
         "--webhook-name",
         "--extra-cert-name",
         "--no-reconciler",
+        "--exempt-namespace",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
     assert_eq!(
         help.matches("[env: LABGATE_ADMISSION_").count(),
-        16,
+        17,
         "every flag has an env variable"
     );
 }

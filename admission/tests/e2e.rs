@@ -930,3 +930,48 @@ async fn host_network_pods_are_refused_in_labs() {
         .await
         .unwrap();
 }
+
+/// Item 14: after a 410 (history compacted while the watches were cut) and
+/// after an outage of the policy watch, the reconciler acts on a change made
+/// meanwhile within a second: it relists at once instead of waiting out
+/// kube-runtime's default backoff (0.8 s and growing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_catches_up_within_a_second_after_410_and_an_outage() {
+    let h = Harness::start(&[]).await;
+    Api::<Namespace>::all(h.portal())
+        .create(&PostParams::default(), &lab_namespace("lab-r", STUDENT))
+        .await
+        .unwrap();
+    assert!(
+        h.wait_policy("lab-r", Duration::from_secs(5), EgressMode::Standard)
+            .await
+    );
+
+    // 410: every resourceVersion seen so far is forgotten, the watches are
+    // cut, and the policy is deleted behind the service's back.
+    h.standin.compact_history();
+    h.standin.drop_watches();
+    let t0 = Instant::now();
+    h.standin.delete_json(&policy_path("lab-r"));
+    assert!(
+        h.wait_policy("lab-r", Duration::from_secs(1), EgressMode::Standard)
+            .await,
+        "not repaired within 1 s of a 410"
+    );
+    println!("repaired {:?} after a 410", t0.elapsed());
+
+    // Outage: the cluster-wide policy list/watch fails three times in a row
+    // (503) before the API server answers again.
+    h.standin
+        .fail_requests("/apis/networking.k8s.io/v1/networkpolicies", 503, 3);
+    h.standin.compact_history();
+    h.standin.drop_watches();
+    let t0 = Instant::now();
+    h.standin.delete_json(&policy_path("lab-r"));
+    assert!(
+        h.wait_policy("lab-r", Duration::from_secs(1), EgressMode::Standard)
+            .await,
+        "not repaired within 1 s of a three-request outage"
+    );
+    println!("repaired {:?} after a three-request outage", t0.elapsed());
+}
