@@ -626,38 +626,54 @@ fn foreign_multus(value: &str, ns: &str) -> Option<String> {
     })
 }
 
-/// Rule 2: nothing runs in a lab before its isolation policy.
+/// Rule 2: nothing runs in a lab before its isolation policy, and no
+/// workload leaves the NetworkPolicy's reach (host networking, networks from
+/// other namespaces, SR-IOV), neither when created nor by a later edit.
 fn decide_workload(
     req: &AdmissionRequest<DynamicObject>,
     view: &(impl ClusterView + ?Sized),
 ) -> Decision {
-    if req.operation != Operation::Create || req.sub_resource.is_some() {
+    let creating = req.operation == Operation::Create;
+    if !(creating || req.operation == Operation::Update) || req.sub_resource.is_some() {
         return Decision::allow();
     }
     let Some(namespace) = req.namespace.as_deref().filter(|n| !n.is_empty()) else {
-        return Decision::deny(Rule::MalformedRequest, "workload CREATE without namespace");
+        return Decision::deny(Rule::MalformedRequest, "workload request without namespace");
     };
+    let verb = if creating { "create" } else { "update" };
     let what = format!("{} in namespace {namespace:?}", req.kind.kind);
     // DynamicObject keeps metadata apart from data; the pod checks need both.
-    let full = req.object.as_ref().map(|obj| {
-        let mut full = obj.data.clone();
-        if let Ok(meta) = serde_json::to_value(&obj.metadata)
-            && full.is_object()
-        {
-            full["metadata"] = meta;
+    let full = |obj: &Option<DynamicObject>| {
+        obj.as_ref().map(|obj| {
+            let mut full = obj.data.clone();
+            if let Ok(meta) = serde_json::to_value(&obj.metadata)
+                && full.is_object()
+            {
+                full["metadata"] = meta;
+            }
+            full
+        })
+    };
+    let escape = |obj: &Option<DynamicObject>| {
+        full(obj).and_then(|o| network_escape(&req.resource.resource, &o, namespace))
+    };
+    if let Some(why) = escape(&req.object) {
+        // An edit is refused only when it opens the escape: an object that
+        // already had it (created before labgate, or by an exempt path) must
+        // stay manageable by its controllers (KubeVirt updates its VMIs).
+        if creating || escape(&req.old_object).is_none() {
+            return Decision::deny(
+                Rule::WorkloadNetworkRestricted,
+                format!(
+                    "cannot {verb} {what}: {why}; NetworkPolicy does not cover it, so it would \
+                     leave the lab's isolation"
+                ),
+            );
         }
-        full
-    });
-    if let Some(full) = full.as_ref()
-        && let Some(why) = network_escape(&req.resource.resource, full, namespace)
-    {
-        return Decision::deny(
-            Rule::WorkloadNetworkRestricted,
-            format!(
-                "cannot create {what}: {why}; NetworkPolicy does not cover it, so it would leave \
-                 the lab's isolation"
-            ),
-        );
+    }
+    if !creating {
+        // Existing workloads keep running; the policy gate is for new ones.
+        return Decision::allow();
     }
     match view.namespace(namespace) {
         // Only lab namespaces are sent (see `decide`): the cache is behind.
@@ -1248,6 +1264,56 @@ mod tests {
                 assert_eq!(d.rule, expect.err(), "{what}: {d:?}");
             }
         }
+    }
+
+    /// An edit that opens the escape is refused like a create; an object that
+    /// already had it stays manageable (KubeVirt keeps updating its VMIs).
+    #[test]
+    fn workload_updates_cannot_open_an_escape() {
+        let deploy = ("apps", "v1", "deployments", "Deployment");
+        let plain = json!({"spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}});
+        let host = json!({"spec": {"template": {"spec": {"hostNetwork": true, "containers": [{"name": "c"}]}}}});
+        let vm = ("kubevirt.io", "v1", "virtualmachines", "VirtualMachine");
+        let vm_pod =
+            json!({"spec": {"template": {"spec": {"networks": [{"name": "default", "pod": {}}]}}}});
+        let vm_multus = json!({"spec": {"template": {"spec": {"networks": [{"name": "n", "multus": {"networkName": "other/br"}}]}}}});
+        #[rustfmt::skip]
+        let table = [
+            ("deployment gains hostNetwork", deploy, plain.clone(), host.clone(), Some(Rule::WorkloadNetworkRestricted)),
+            ("deployment stays plain", deploy, plain.clone(), plain.clone(), None),
+            ("deployment already had hostNetwork", deploy, host.clone(), host.clone(), None),
+            ("vm gains a multus network of another namespace", vm, vm_pod.clone(), vm_multus.clone(), Some(Rule::WorkloadNetworkRestricted)),
+            ("vm drops it", vm, vm_multus.clone(), vm_pod.clone(), None),
+        ];
+        for (what, rt, old, new, expect) in table {
+            for user in [STUDENT, PORTAL_SA] {
+                let req = review(
+                    rt,
+                    "UPDATE",
+                    Some("lab-ok"),
+                    "x",
+                    user,
+                    new.clone(),
+                    old.clone(),
+                );
+                let d = decide(&req, &view(), &rules());
+                assert_eq!(d.rule, expect, "{what}: {d:?}");
+            }
+        }
+        // Updates are not gated on the policy: a lab whose policy is being
+        // repaired keeps its running workloads manageable.
+        let mut drifted = view();
+        drifted.policies.insert("lab-ok", PolicyState::Drifted);
+        let req = review(
+            deploy,
+            "UPDATE",
+            Some("lab-ok"),
+            "x",
+            STUDENT,
+            plain.clone(),
+            plain,
+        );
+        assert!(decide(&req, &drifted, &rules()).allowed);
     }
 
     #[test]
