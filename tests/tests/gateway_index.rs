@@ -91,7 +91,7 @@ async fn system_and_exempt_namespaces_never_become_labs() {
         let (ok, answer) = admitted(&env, ns, ALICE).await;
         assert!(!ok, "{ns} admitted alice: {answer}");
         let mut ws = env.open(ns, "vm1", "vnc", &env.token(ALICE)).await;
-        assert_refused(&mut ws, 4004).await;
+        assert_refused(&mut ws, 4003).await;
     }
     assert_eq!(
         env.standin.subresource_requests().len(),
