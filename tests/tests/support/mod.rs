@@ -196,17 +196,7 @@ pub async fn start(options: Options) -> anyhow::Result<Env> {
         }
     }
     args.extend(options.extra_args.iter().cloned());
-    let config = <labgate_gateway::Config as clap::Parser>::try_parse_from(args)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(labgate_gateway::run_with_listener(
-        config,
-        listener,
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let (addr, tx, task) = spawn_gateway(args).await?;
     let env = Env {
         standin,
         dir,
@@ -223,6 +213,29 @@ pub async fn start(options: Options) -> anyhow::Result<Env> {
         env.wait_ready(Duration::from_secs(15)).await?;
     }
     Ok(env)
+}
+
+/// Parses `args` as the gateway's command line and runs it in-process on a
+/// free loopback port: its address, its shutdown trigger and its task.
+async fn spawn_gateway(
+    args: Vec<String>,
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    let config = <labgate_gateway::Config as clap::Parser>::try_parse_from(args)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(labgate_gateway::run_with_listener(
+        config,
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Ok((addr, tx, task))
 }
 
 impl Env {
@@ -488,17 +501,7 @@ impl Env {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let config = <labgate_gateway::Config as clap::Parser>::try_parse_from(args)?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(labgate_gateway::run_with_listener(
-            config,
-            listener,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let (addr, tx, task) = spawn_gateway(args).await?;
         let env = Env {
             standin: self.standin.clone(),
             dir,
