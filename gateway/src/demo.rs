@@ -15,8 +15,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::backend::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
 use crate::route::ConsoleKind;
-use crate::upstream::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
 
 /// The demo lab's namespace.
 pub const DEMO_LAB: &str = "demo";

@@ -22,7 +22,8 @@
 //! - [`apiclient`]: the API-server client, rebuilt (token re-read) after a 401.
 //! - [`authz`]: the pure authorisation decision and its re-check.
 //! - [`sessions`]: limits and which session holds which VM console.
-//! - [`upstream`]: the [`Backend`](upstream::Backend) seam and the KubeVirt backend.
+//! - [`backend`]: the [`Backend`](backend::Backend) seam; [`backend::kubevirt`] opens KubeVirt
+//!   subresources (`upstream` is the old name of this module, still re-exported).
 //! - [`splice`]: the two-way relay with backpressure, pings and close propagation.
 //! - [`refusal`]: every reason a session is refused or ended, with close codes.
 //! - [`tls`]: rustls with certificate reload; [`reload`]: file change detection.
@@ -34,6 +35,7 @@
 
 pub mod apiclient;
 pub mod authz;
+pub mod backend;
 pub mod config;
 pub mod credentials;
 pub mod demo;
@@ -50,7 +52,9 @@ pub mod sessions;
 pub mod splice;
 pub mod tls;
 pub mod token;
-pub mod upstream;
+
+/// The old path of [`backend`], kept so `labgate_gateway::upstream::…` still works.
+pub use backend as upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,13 +62,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use backend::{Backend, KubeVirtBackend};
 pub use config::Config;
 pub use index::LabIndex;
 pub use metrics::Metrics;
 pub use refusal::Refusal;
 pub use server::{Gateway, Settings};
 pub use token::TokenVerifier;
-pub use upstream::{Backend, KubeVirtBackend};
 
 /// Installs the process-wide rustls crypto provider (ring). Harmless if one is
 /// already installed.

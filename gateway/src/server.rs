@@ -4,7 +4,7 @@
 //! [`route`](crate::route) → [`credentials`](crate::credentials) →
 //! [`token`](crate::token) → [`authz`](crate::authz) →
 //! [`sessions`](crate::sessions) (limits, console ownership) →
-//! [`upstream`](crate::upstream) → [`splice`](crate::splice).
+//! [`backend`](crate::backend) → [`splice`](crate::splice).
 //! Every refusal is decided before any upstream connection is made.
 
 use std::future::Future;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::authz::{self, Grant};
+use crate::backend::{Backend, UpstreamIo, UpstreamTarget};
 use crate::credentials;
 use crate::index::LabIndex;
 use crate::metrics::Metrics;
@@ -35,7 +36,6 @@ use crate::route::{self, Route, Target};
 use crate::sessions::{ConsoleClaim, ConsoleHold, ConsoleKey, Limits, SessionPermit, Sessions};
 use crate::splice::{self, ByteCounts, ByteMetrics, SpliceSettings};
 use crate::token::{TokenError, TokenVerifier};
-use crate::upstream::{Backend, UpstreamIo, UpstreamTarget};
 
 /// Response type of the service.
 pub type GatewayResponse = Response<Full<Bytes>>;

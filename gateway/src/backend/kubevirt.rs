@@ -1,9 +1,4 @@
-//! Opening the VM side of a session.
-//!
-//! [`Backend`] is the seam: [`KubeVirtBackend`] opens KubeVirt's `vnc` /
-//! `console` subresource through the Kubernetes API server with the gateway's
-//! own credentials; a static-target backend for VMs outside Kubernetes can be
-//! added beside it, and the demo mode plugs in an in-process console.
+//! The KubeVirt backend: VM screens and consoles through the Kubernetes API server.
 //!
 //! kube's `Client::connect` cannot be used: it always offers the
 //! `v4/v5.channel.k8s.io` subprotocols, which virt-api does not speak. So the
@@ -11,21 +6,16 @@
 //! TLS, bearer-token rotation and CA reload) and upgraded with hyper. A 401
 //! re-reads the gateway's token and retries once ([`ApiClient::refresh`]).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
 use crate::apiclient::ApiClient;
-use crate::refusal::Refusal;
 use crate::route::ConsoleKind;
 
 /// KubeVirt's only websocket subprotocol: raw bytes in binary messages.
@@ -33,74 +23,6 @@ pub const KUBEVIRT_PROTOCOL: &str = "plain.kubevirt.io";
 
 /// Largest error body read from an upstream refusal.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// The byte stream under an upstream websocket.
-pub enum UpstreamIo {
-    /// A connection upgraded through hyper (API server, or any HTTP upstream).
-    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
-    /// An in-process pipe (demo backend, tests).
-    Memory(tokio::io::DuplexStream),
-}
-
-/// Which VM console to open.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamTarget<'a> {
-    /// Lab namespace.
-    pub namespace: &'a str,
-    /// VirtualMachineInstance name.
-    pub vmi: &'a str,
-    /// Screen or serial console.
-    pub kind: ConsoleKind,
-}
-
-/// Why the upstream could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("no such VirtualMachineInstance")]
-    NotFound,
-    #[error("VM not available: {0}")]
-    NotRunning(String),
-    #[error("VM screen in use by another viewer")]
-    Busy,
-    #[error("the API server does not accept the gateway's credentials: {0}")]
-    Unauthorized(String),
-    #[error("the gateway is not allowed to open the subresource: {0}")]
-    Forbidden(String),
-    #[error("upstream answered {status}: {message}")]
-    Status { status: u16, message: String },
-    #[error("upstream connection failed: {0}")]
-    Transport(String),
-    #[error("upstream did not answer in time")]
-    Timeout,
-}
-
-impl UpstreamError {
-    /// What the client is told.
-    pub fn refusal(&self) -> Refusal {
-        match self {
-            UpstreamError::NotFound => Refusal::NoSuchVm,
-            UpstreamError::NotRunning(message) => Refusal::from_kubevirt_message(message),
-            UpstreamError::Busy => Refusal::VmBusy,
-            UpstreamError::Unauthorized(_) | UpstreamError::Forbidden(_) => {
-                Refusal::GatewayUnauthorized
-            }
-            UpstreamError::Status { .. } | UpstreamError::Transport(_) | UpstreamError::Timeout => {
-                Refusal::UpstreamError
-            }
-        }
-    }
-}
-
-/// Boxed future returned by [`Backend::connect`] (keeps the trait object-safe).
-pub type ConnectFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<UpstreamIo, UpstreamError>> + Send + 'a>>;
-
-/// Opens upstream websockets to VM consoles.
-pub trait Backend: Send + Sync + 'static {
-    /// Opens the console `target` and completes the websocket handshake (the
-    /// gateway is the client); returns the connection, ready for frames.
-    fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a>;
-}
 
 /// Opens KubeVirt subresources through the Kubernetes API server.
 #[derive(Clone)]
@@ -243,67 +165,10 @@ pub fn classify_refusal(status: StatusCode, body: &str) -> UpstreamError {
     }
 }
 
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
-            UpstreamIo::Memory(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
-            UpstreamIo::Memory(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_flush(cx),
-            UpstreamIo::Memory(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
-            UpstreamIo::Memory(io) => Pin::new(io).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            UpstreamIo::Memory(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Upgraded(io) => io.is_write_vectored(),
-            UpstreamIo::Memory(io) => io.is_write_vectored(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::refusal::Refusal;
 
     #[test]
     fn classifies_kubevirt_refusals() {
