@@ -174,6 +174,17 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_LABS_FILE")]
     pub labs_file: Option<PathBuf>,
 
+    // --- static backend ------------------------------------------------------
+    /// Serve the VMs listed in this YAML file (labs, owners, members, and per
+    /// VM a `tcp:`/`unix:` RFB screen and a `tcp:`/`unix:`/`pty:` console)
+    /// instead of KubeVirt; it is the lab index too. Reloaded on change.
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_STATIC_TARGETS_FILE",
+        conflicts_with = "labs_file"
+    )]
+    pub static_targets_file: Option<PathBuf>,
+
     // --- limits and timeouts -----------------------------------------------
     /// Sessions open at once, all users together.
     #[arg(long, env = "LABGATE_GATEWAY_MAX_SESSIONS", default_value_t = 10_000)]

@@ -1,46 +1,49 @@
 //! The self-contained demo (`labgate-gateway --demo`): no cluster needed.
 //!
-//! One lab, `demo`, owned by `student@example.com`, with a VM `demo-vm` whose
-//! serial console is simulated in-process (a line editor that echoes). The
-//! HMAC secret is random per run; the demo prints a valid token and URLs.
+//! The gateway runs with the static backend on one lab, `demo`, owned by
+//! `student@example.com`, with two VMs: `desktop`, whose screen is a real
+//! TigerVNC `Xvnc` desktop (a coloured background and an xterm to type into)
+//! and whose serial console is a shell on a PTY, and `shell`, a console only.
+//! Without Xvnc the demo says how to install it and offers the consoles only.
+//! The HMAC secret is random per run; the demo prints a token and the viewer
+//! URL. Every process it starts is stopped when the gateway stops.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
-
-use crate::backend::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
-use crate::route::ConsoleKind;
+use tokio::process::{Child, Command};
 
 /// The demo lab's namespace.
 pub const DEMO_LAB: &str = "demo";
 /// The demo lab's owner.
 pub const DEMO_USER: &str = "student@example.com";
-/// The demo VM.
-pub const DEMO_VM: &str = "demo-vm";
+/// The demo VM with a screen and a console.
+pub const DEMO_DESKTOP: &str = "desktop";
+/// The demo VM with a console only.
+pub const DEMO_SHELL: &str = "shell";
 /// The audience the demo gateway requires and its printed token carries.
 pub const DEMO_AUDIENCE: &str = "labgate-demo";
+/// The desktop's background colour (`xsetroot -solid`): RGB 51, 102, 153.
+pub const DEMO_BACKGROUND: &str = "#336699";
+/// Debian/Ubuntu packages the desktop needs.
+pub const DESKTOP_PACKAGES: &str = "tigervnc-standalone-server xauth xterm x11-xserver-utils";
 
-/// Files the demo writes (secret, labs file) in a private temp directory
-/// (random name, mode 0700, removed when this is dropped).
+/// Files the demo writes (secret, targets file, the desktop's sockets) in a
+/// private temp directory (random name, mode 0700, removed when dropped).
 pub struct DemoFiles {
     /// The directory; kept so it lives as long as the gateway.
     pub dir: tempfile::TempDir,
     /// HMAC secret file.
     pub secret_file: PathBuf,
-    /// Labs file with the demo lab.
-    pub labs_file: PathBuf,
+    /// Static targets file with the demo lab (written by [`write_targets`]).
+    pub targets_file: PathBuf,
     /// The secret itself, for signing the printed token.
     pub secret: Vec<u8>,
 }
 
-/// Writes a random secret and the demo labs file.
+/// Writes a random secret into a new private directory.
 ///
 /// # Errors
 /// When the temp directory cannot be written.
@@ -55,21 +58,38 @@ pub fn write_files() -> std::io::Result<DemoFiles> {
     let secret: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
     let secret_file = dir.path().join("hmac-secret");
     write_private(&secret_file, &secret)?;
-    let labs_file = dir.path().join("labs.yaml");
-    std::fs::write(
-        &labs_file,
-        format!("labs:\n  - namespace: {DEMO_LAB}\n    owner: {DEMO_USER}\n    members: []\n"),
-    )?;
+    let targets_file = dir.path().join("targets.yaml");
     Ok(DemoFiles {
         dir,
         secret_file,
-        labs_file,
+        targets_file,
         secret,
     })
 }
 
+/// Writes the demo lab's targets: `desktop` (screen at `screen` if there is
+/// one, console a shell) and `shell` (console a shell).
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_targets(files: &DemoFiles, screen: Option<&Path>) -> std::io::Result<()> {
+    let shell = ["/bin/bash", "/bin/sh"]
+        .into_iter()
+        .find(|s| Path::new(s).exists())
+        .unwrap_or("/bin/sh");
+    let screen = screen
+        .map(|p| format!("        screen: unix:{}\n", p.display()))
+        .unwrap_or_default();
+    let yaml = format!(
+        "labs:\n  - name: {DEMO_LAB}\n    owner: {DEMO_USER}\n    vms:\n      \
+         - name: {DEMO_DESKTOP}\n{screen}        console: pty:{shell}\n      \
+         - name: {DEMO_SHELL}\n        console: pty:{shell}\n"
+    );
+    std::fs::write(&files.targets_file, yaml)
+}
+
 /// Creates `path` readable by its owner only (0600) and writes `bytes`.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -96,96 +116,218 @@ pub fn token(secret: &[u8], ttl: Duration) -> String {
     .unwrap_or_default()
 }
 
-/// A backend whose only VM is the demo VM with a simulated serial console.
-pub struct DemoBackend;
+/// The demo desktop's processes: Xvnc and the xterm on it. Stopped with
+/// [`Desktop::stop`] (SIGTERM, so Xvnc removes its lock file and socket),
+/// and killed if dropped without it.
+pub struct Desktop {
+    /// The RFB unix socket.
+    pub socket: PathBuf,
+    /// The X display, e.g. `:123`.
+    pub display: String,
+    /// Started processes, last started first to stop.
+    children: Vec<(&'static str, Child)>,
+}
 
-impl Backend for DemoBackend {
-    fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a> {
-        Box::pin(async move {
-            if target.vmi != DEMO_VM {
-                return Err(UpstreamError::NotFound);
+impl Desktop {
+    /// Stops every process: SIGTERM, then SIGKILL after two seconds.
+    pub async fn stop(mut self) {
+        while let Some((name, mut child)) = self.children.pop() {
+            if let Some(pid) = child
+                .id()
+                .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
-            if target.kind == ConsoleKind::Vnc {
-                // KubeVirt's own words for a VM without a graphics device.
-                return Err(UpstreamError::NotRunning(
-                    "No graphics devices are present.".into(),
-                ));
+            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(process = name, "did not stop on SIGTERM; killing it");
+                let _ = child.kill().await;
             }
-            let (ours, theirs) = tokio::io::duplex(64 * 1024);
-            // The handshake is implicit: both ends start speaking frames.
-            let console = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
-            tokio::spawn(simulated_console(console));
-            Ok(UpstreamIo::Memory(ours))
-        })
+        }
     }
 }
 
-/// A tiny line-echo "serial console" speaking KubeVirt's framing (binary only).
-async fn simulated_console(mut ws: WebSocketStream<tokio::io::DuplexStream>) {
-    let banner = "labgate demo VM serial console\r\nType a line; it is echoed back.\r\n$ ";
-    if ws
-        .send(Message::Binary(Bytes::from_static(banner.as_bytes())))
-        .await
-        .is_err()
-    {
-        return;
+/// Starts the demo desktop in `dir`: Xvnc (RFB only on a unix socket, X only
+/// to holders of a random cookie), the background colour and an xterm.
+/// `Ok(None)` when Xvnc is not installed (the caller says how to get it).
+///
+/// # Errors
+/// Xvnc is installed but does not come up.
+pub async fn start_desktop(dir: &Path) -> anyhow::Result<Option<Desktop>> {
+    if !on_path("Xvnc") {
+        return Ok(None);
     }
-    let mut line = Vec::new();
-    while let Some(Ok(msg)) = ws.next().await {
-        // Like virt-handler: only binary messages reach the serial port.
-        let Message::Binary(bytes) = msg else {
-            if matches!(msg, Message::Close(_)) {
-                break;
-            }
-            continue;
+    let socket = dir.join("vnc.sock");
+    let xauthority = dir.join("Xauthority");
+    let log = dir.join("xvnc.log");
+    let mut last_error = None;
+    for _attempt in 0..5 {
+        let n = free_display();
+        let display = format!(":{n}");
+        // Without a cookie any local user could type into the desktop's shell.
+        let cookie: String = (0..16)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let status = Command::new("xauth")
+            .arg("-q")
+            .arg("-f")
+            .arg(&xauthority)
+            .args(["add", &display, ".", &cookie])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if !status.is_ok_and(|s| s.success()) {
+            anyhow::bail!("xauth failed or is missing: install the package xauth");
+        }
+        let xvnc = Command::new("Xvnc")
+            .arg(&display)
+            .args(["-geometry", "1024x768", "-depth", "24"])
+            .args([
+                "-SecurityTypes",
+                "None",
+                "-rfbport",
+                "-1",
+                "-nolisten",
+                "tcp",
+            ])
+            .arg("-rfbunixpath")
+            .arg(&socket)
+            .args(["-rfbunixmode", "0600", "-desktop", "labgate demo"])
+            .arg("-auth")
+            .arg(&xauthority)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut desktop = Desktop {
+            socket: socket.clone(),
+            display: display.clone(),
+            children: vec![("Xvnc", xvnc)],
         };
-        let mut out = Vec::new();
-        for b in bytes.iter().copied() {
-            match b {
-                b'\r' | b'\n' => {
-                    out.extend_from_slice(b"\r\nyou typed: ");
-                    out.extend_from_slice(&line);
-                    out.extend_from_slice(b"\r\n$ ");
-                    line.clear();
-                }
-                // Backspace / delete.
-                0x08 | 0x7f => {
-                    if line.pop().is_some() {
-                        out.extend_from_slice(b"\x08 \x08");
-                    }
-                }
-                _ => {
-                    line.push(b);
-                    out.push(b);
-                }
+        match wait_for_socket(&mut desktop.children[0].1, &socket).await {
+            Ok(()) => {
+                decorate(&mut desktop, &xauthority).await;
+                return Ok(Some(desktop));
+            }
+            Err(e) => {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                last_error = Some(anyhow::anyhow!("{e}: {}", tail.join(" | ")));
+                desktop.stop().await;
             }
         }
-        if ws.send(Message::Binary(out.into())).await.is_err() {
-            break;
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("Xvnc did not start")))
+}
+
+/// Paints the background and opens an xterm (each optional: the desktop
+/// works without them, so a missing one is only a warning).
+async fn decorate(desktop: &mut Desktop, xauthority: &Path) {
+    let x = |program: &str| {
+        let mut c = Command::new(program);
+        c.env("DISPLAY", &desktop.display)
+            .env("XAUTHORITY", xauthority)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        c
+    };
+    match x("xsetroot")
+        .args(["-solid", DEMO_BACKGROUND])
+        .status()
+        .await
+    {
+        Ok(s) if s.success() => {}
+        _ => tracing::warn!(
+            "xsetroot failed or is missing (package x11-xserver-utils): the background stays black"
+        ),
+    }
+    match x("xterm")
+        .args(["-geometry", "90x30+40+40", "-T", "labgate demo desktop"])
+        .spawn()
+    {
+        Ok(child) => desktop.children.push(("xterm", child)),
+        Err(e) => {
+            tracing::warn!(error = %e, "xterm not started (package xterm): the desktop has no window")
         }
     }
 }
 
-/// Prints how to try the demo.
-pub fn print_instructions(addr: std::net::SocketAddr, token: &str) {
-    let base = format!("http://{addr}/labs/{DEMO_LAB}/{DEMO_VM}/console");
+async fn wait_for_socket(xvnc: &mut Child, socket: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = xvnc.try_wait() {
+            anyhow::bail!("Xvnc exited ({status})");
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("Xvnc did not listen on {} within 10s", socket.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// An X display number with neither a socket nor a lock file.
+fn free_display() -> u32 {
+    loop {
+        let n = rand::random_range(100..4000u32);
+        let taken = Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+            || Path::new(&format!("/tmp/.X{n}-lock")).exists();
+        if !taken {
+            return n;
+        }
+    }
+}
+
+/// Says the desktop is missing and how to get it.
+pub fn print_no_desktop() {
     println!(
-        "\nlabgate demo is running on http://{addr}\n\
-         lab {DEMO_LAB:?} is owned by {DEMO_USER}; its VM {DEMO_VM:?} has a serial console.\n\n\
-         A token for {DEMO_USER} (valid 8h):\n  {token}\n\n\
-         Try:\n  \
-         curl -i {base}/{token}        # 426: authorised, needs a websocket\n  \
-         curl -i {base}/not-a-token    # 401 bad token\n  \
-         curl -s http://{addr}/metrics | grep labgate_gateway_sessions_total\n\
-         Open the console with any websocket client, e.g.\n  \
-         websocat ws://{addr}/labs/{DEMO_LAB}/{DEMO_VM}/console/{token}\n\n\
-         Press Ctrl-C to stop.\n"
+        "Xvnc (TigerVNC) is not installed, so the demo has no desktop, only the shells.\n\
+         For the desktop: sudo apt-get install {DESKTOP_PACKAGES}\n\
+         (or run: bash scripts/demo.sh, which installs them and starts the demo)\n"
     );
 }
 
-/// Shared pieces of the demo gateway.
-pub fn backend() -> Arc<dyn Backend> {
-    Arc::new(DemoBackend)
+/// Prints how to try the demo.
+pub fn print_instructions(
+    addr: std::net::SocketAddr,
+    token: &str,
+    desktop: bool,
+    ready_in: Duration,
+) {
+    let base = format!("http://{addr}/labs/{DEMO_LAB}");
+    let screen = if desktop {
+        format!("a real desktop (Xvnc, background {DEMO_BACKGROUND}, an xterm) and a shell console")
+    } else {
+        "a shell console (no screen: Xvnc is not installed)".to_string()
+    };
+    println!(
+        "\nlabgate demo is running on http://{addr} (ready {} ms after start)\n\
+         lab {DEMO_LAB:?}, owned by {DEMO_USER}, has two VMs:\n  \
+         {DEMO_DESKTOP}: {screen}\n  \
+         {DEMO_SHELL}: a shell console\n\n\
+         Open the viewer:\n  \
+         http://{addr}/view/{DEMO_LAB}#token={token}\n\n\
+         The token alone (valid 8h):\n  {token}\n\
+         Or with any websocket client:\n  \
+         websocat ws://{addr}/labs/{DEMO_LAB}/{DEMO_SHELL}/console/{token}\n  \
+         curl -i {base}/{DEMO_SHELL}/console/not-a-token    # 401 bad token\n\n\
+         Press Ctrl-C to stop (the desktop and shells stop with it).\n",
+        ready_in.as_millis()
+    );
 }
 
 #[cfg(test)]
@@ -209,5 +351,18 @@ mod tests {
         assert_eq!(mode(&a.secret_file), 0o600);
         assert_eq!(mode(a.dir.path()), 0o700);
         assert_eq!(std::fs::read(&a.secret_file).unwrap(), a.secret);
+    }
+
+    #[test]
+    fn the_demo_targets_parse_with_and_without_a_screen() {
+        let files = write_files().unwrap();
+        for screen in [Some(Path::new("/tmp/x.sock")), None] {
+            write_targets(&files, screen).unwrap();
+            let t = crate::backend::targets_file::load(&files.targets_file).unwrap();
+            let desktop = t.vm(DEMO_LAB, DEMO_DESKTOP).unwrap();
+            assert_eq!(desktop.screen.is_some(), screen.is_some());
+            assert!(desktop.console.is_some());
+            assert!(t.vm(DEMO_LAB, DEMO_SHELL).unwrap().screen.is_none());
+        }
     }
 }

@@ -58,11 +58,11 @@ pub use backend as upstream;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-pub use backend::{Backend, KubeVirtBackend};
+pub use backend::{Backend, KubeVirtBackend, StaticBackend};
 pub use config::Config;
 pub use index::LabIndex;
 pub use metrics::Metrics;
@@ -103,8 +103,14 @@ pub async fn run_with_listener(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     install_crypto_provider();
-    let demo_files = if config.demo {
+    let started = Instant::now();
+    let demo = if config.demo {
         let files = demo::write_files()?;
+        let desktop = demo::start_desktop(files.dir.path()).await?;
+        if desktop.is_none() {
+            demo::print_no_desktop();
+        }
+        demo::write_targets(&files, desktop.as_ref().map(|d| d.socket.as_path()))?;
         config.jwt_hmac_secret_file = vec![token::KeyFile {
             kid: None,
             path: files.secret_file.clone(),
@@ -112,12 +118,30 @@ pub async fn run_with_listener(
         config.jwt_algorithms = vec![jsonwebtoken::Algorithm::HS256];
         config.jwt_audience = vec![demo::DEMO_AUDIENCE.to_string()];
         config.jwt_allow_any_audience = false;
-        config.labs_file = Some(files.labs_file.clone());
+        config.static_targets_file = Some(files.targets_file.clone());
+        config.labs_file = None;
         config.insecure_plain_http = true;
-        Some(files)
+        // Ctrl-C should not wait half a minute for open browser tabs.
+        config.shutdown_grace = config.shutdown_grace.min(Duration::from_secs(2));
+        Some((files, desktop))
     } else {
         None
     };
+    // The desktop's processes stop however this function returns.
+    let result = serve(config, listener, shutdown, started, demo.as_ref()).await;
+    if let Some((_files, Some(desktop))) = demo {
+        desktop.stop().await;
+    }
+    result
+}
+
+async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    started: Instant,
+    demo: Option<&(demo::DemoFiles, Option<demo::Desktop>)>,
+) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
 
     let metrics = Arc::new(Metrics::new());
@@ -140,8 +164,18 @@ pub async fn run_with_listener(
     }
 
     let index = LabIndex::with_policy(metrics.clone(), config.index_policy());
-    let backend: Arc<dyn Backend> = if config.demo {
-        demo::backend()
+    let backend: Arc<dyn Backend> = if let Some(path) = &config.static_targets_file {
+        // The file names the labs too: no namespace watch, no API server.
+        let targets = backend::targets_file::load(path)?;
+        index.replace_all(targets.index_entries());
+        let statics = Arc::new(StaticBackend::new(targets, config.max_message_bytes));
+        background.spawn(backend::static_targets::watch_file(
+            path.clone(),
+            statics.clone(),
+            index.clone(),
+            config.reload_interval,
+        ));
+        statics
     } else {
         let api = Arc::new(apiclient::ApiClient::new(config.kube_config().await?)?);
         if config.labs_file.is_none() {
@@ -188,10 +222,12 @@ pub async fn run_with_listener(
         version = env!("CARGO_PKG_VERSION"),
         "labgate gateway listening"
     );
-    if let Some(files) = &demo_files {
+    if let Some((files, desktop)) = demo {
         demo::print_instructions(
             local,
             &demo::token(&files.secret, Duration::from_secs(8 * 3600)),
+            desktop.is_some(),
+            started.elapsed(),
         );
     }
     gateway.serve(listener, tls, shutdown).await;

@@ -99,6 +99,7 @@ pub struct Xvnc {
     process: Process,
     display: u32,
     socket: PathBuf,
+    tcp_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -110,12 +111,27 @@ impl Xvnc {
     /// # Errors
     /// Xvnc is missing (install tigervnc-standalone-server) or never came up.
     pub fn start() -> anyhow::Result<Xvnc> {
+        Xvnc::start_on(false)
+    }
+
+    /// Like [`Xvnc::start`], also listening for RFB on a free TCP port of 127.0.0.1
+    /// ([`Xvnc::tcp_port`]).
+    ///
+    /// # Errors
+    /// See [`Xvnc::start`].
+    pub fn start_with_tcp() -> anyhow::Result<Xvnc> {
+        Xvnc::start_on(true)
+    }
+
+    fn start_on(tcp: bool) -> anyhow::Result<Xvnc> {
         let dir = tempfile::Builder::new().prefix("labgate-xvnc").tempdir()?;
         let socket = dir.path().join("vnc.sock");
         let log = dir.path().join("xvnc.log");
         let mut last_error = None;
         for _attempt in 0..8 {
             let display = free_display();
+            let tcp_port = if tcp { Some(free_port()?) } else { None };
+            let rfbport = tcp_port.map_or("-1".to_string(), |p| p.to_string());
             let log_file = std::fs::File::create(&log)?;
             let mut process = Process::spawn(
                 Command::new("Xvnc")
@@ -133,7 +149,7 @@ impl Xvnc {
                         "-interface",
                         "127.0.0.1",
                         "-rfbport",
-                        "-1",
+                        &rfbport,
                         "-nolisten",
                         "tcp",
                     ])
@@ -152,6 +168,7 @@ impl Xvnc {
                         process,
                         display,
                         socket,
+                        tcp_port,
                         _dir: dir,
                     });
                 }
@@ -167,6 +184,11 @@ impl Xvnc {
         self.socket.clone()
     }
 
+    /// The RFB TCP port on 127.0.0.1 (only after [`Xvnc::start_with_tcp`]).
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_port
+    }
+
     /// The X display, e.g. `:123` (for `DISPLAY=` when drawing on the screen).
     pub fn display(&self) -> String {
         format!(":{}", self.display)
@@ -176,6 +198,13 @@ impl Xvnc {
     pub fn pid(&self) -> u32 {
         self.process.child.id()
     }
+}
+
+/// A TCP port of 127.0.0.1 that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A display number with neither an X socket nor a lock file.

@@ -3,10 +3,14 @@
 //! [`Backend`] is the seam between the session pipeline and wherever VMs
 //! live: [`kubevirt::KubeVirtBackend`] opens KubeVirt's `vnc` / `console`
 //! subresource through the Kubernetes API server with the gateway's own
-//! credentials; a static-target backend for VMs outside Kubernetes can be
-//! added beside it, and the demo mode plugs in an in-process console.
+//! credentials; [`static_targets::StaticBackend`] opens the screens and
+//! consoles listed in a file (VMs outside Kubernetes, and the demo), and the
+//! simulated demo plugs in an in-process console.
 
 pub mod kubevirt;
+pub mod raw_stream;
+pub mod static_targets;
+pub mod targets_file;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +23,7 @@ use crate::refusal::Refusal;
 use crate::route::ConsoleKind;
 
 pub use kubevirt::{KUBEVIRT_PROTOCOL, KubeVirtBackend, classify_refusal};
+pub use static_targets::StaticBackend;
 
 /// The byte stream under an upstream websocket.
 pub enum UpstreamIo {

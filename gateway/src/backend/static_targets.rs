@@ -1,0 +1,310 @@
+//! The static backend: VMs outside Kubernetes (QEMU, libvirt, any RFB
+//! server), listed with their labs in a YAML file ([`targets_file`]).
+//!
+//! The file is the lab index too: owners and members come from it, and a
+//! change (a member removed, a lab removed) revokes live sessions through the
+//! index exactly like a namespace change does (4009). A VM removed from the
+//! file, or whose target changed, has its live sessions closed with 4009 by
+//! the relay itself. Screens and consoles are raw byte streams, framed as
+//! websocket messages by [`raw_stream`] so the splice sees what KubeVirt
+//! would send. Connection failures are classified like KubeVirt's: all are
+//! "VM connection failed" (4012), and the connect timeout is the gateway's
+//! `--upstream-connect-timeout`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::raw_stream::{self, AtEnd};
+use super::targets_file::{self, StaticTargets, Target};
+use super::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
+use crate::index::LabIndex;
+use crate::refusal::Refusal;
+use crate::reload::FileStamps;
+use crate::route::ConsoleKind;
+use crate::splice::close_frame;
+
+/// Opens the screens and consoles listed in a static targets file.
+pub struct StaticBackend {
+    targets: watch::Sender<Arc<StaticTargets>>,
+    max_message_bytes: usize,
+}
+
+impl StaticBackend {
+    /// A backend serving `targets` (replace them with [`StaticBackend::replace`]).
+    pub fn new(targets: StaticTargets, max_message_bytes: usize) -> StaticBackend {
+        StaticBackend {
+            targets: watch::Sender::new(Arc::new(targets)),
+            max_message_bytes,
+        }
+    }
+
+    /// Swaps in a new file's contents; sessions whose VM target disappeared
+    /// or changed are closed with 4009.
+    pub fn replace(&self, targets: StaticTargets) {
+        self.targets.send_replace(Arc::new(targets));
+    }
+
+    /// The VMs of `lab`, sorted by name: (name, has a screen, has a console).
+    pub fn vms(&self, lab: &str) -> Vec<(String, bool, bool)> {
+        let targets = self.targets.borrow();
+        targets.labs.get(lab).map_or_else(Vec::new, |l| {
+            l.vms
+                .iter()
+                .map(|(name, t)| (name.clone(), t.screen.is_some(), t.console.is_some()))
+                .collect()
+        })
+    }
+
+    async fn open(&self, target: UpstreamTarget<'_>) -> Result<UpstreamIo, UpstreamError> {
+        let wanted = {
+            let targets = self.targets.borrow();
+            let vm = targets
+                .vm(target.namespace, target.vmi)
+                .ok_or(UpstreamError::NotFound)?;
+            match target.kind {
+                // KubeVirt's own words, so the same close codes (4017, 4018) follow.
+                ConsoleKind::Vnc => vm.screen.clone().ok_or_else(|| {
+                    UpstreamError::NotRunning("No graphics devices are present.".into())
+                })?,
+                ConsoleKind::Console => vm.console.clone().ok_or_else(|| {
+                    UpstreamError::NotRunning("No serial consoles are present.".into())
+                })?,
+            }
+        };
+        let stop = removed(
+            self.targets.subscribe(),
+            target.namespace.to_string(),
+            target.vmi.to_string(),
+            target.kind,
+            wanted.clone(),
+        );
+        let max = self.max_message_bytes;
+        let lost =
+            |e: std::io::Error| UpstreamError::Transport(format!("{}: {e}", wanted.describe()));
+        match &wanted {
+            Target::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(lost)?;
+                // RFB and serial traffic is small and interactive.
+                let _ = stream.set_nodelay(true);
+                Ok(raw_stream::websocket_for(stream, (), AtEnd::Drop, stop, max).await)
+            }
+            Target::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await.map_err(lost)?;
+                Ok(raw_stream::websocket_for(stream, (), AtEnd::Drop, stop, max).await)
+            }
+            Target::Pty(argv) => {
+                let (pty, child) = spawn_on_pty(argv).map_err(lost)?;
+                let exited = AtEnd::Close(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "the console program exited".into(),
+                });
+                Ok(raw_stream::websocket_for(pty, ChildGuard(child), exited, stop, max).await)
+            }
+        }
+    }
+}
+
+impl Backend for StaticBackend {
+    fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a> {
+        Box::pin(self.open(target))
+    }
+}
+
+/// Resolves (with a 4009 close frame) once the session's target is no longer
+/// in the file, or points somewhere else.
+async fn removed(
+    mut targets: watch::Receiver<Arc<StaticTargets>>,
+    lab: String,
+    vm: String,
+    kind: ConsoleKind,
+    wanted: Target,
+) -> CloseFrame {
+    loop {
+        if targets.changed().await.is_err() {
+            // The backend is gone (gateway stopping): the splice ends the session.
+            std::future::pending::<()>().await;
+        }
+        let now = targets
+            .borrow_and_update()
+            .vm(&lab, &vm)
+            .and_then(|t| match kind {
+                ConsoleKind::Vnc => t.screen.clone(),
+                ConsoleKind::Console => t.console.clone(),
+            });
+        if now.as_ref() != Some(&wanted) {
+            tracing::info!(%lab, vmi = %vm, %kind, "VM target removed or changed in the static targets file");
+            return close_frame(Refusal::Revoked);
+        }
+    }
+}
+
+/// Starts `argv` on a new PTY (its controlling terminal, own session).
+fn spawn_on_pty(argv: &[String]) -> std::io::Result<(pty_process::Pty, tokio::process::Child)> {
+    let io = |e: pty_process::Error| match e {
+        pty_process::Error::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    };
+    let (pty, pts) = pty_process::open().map_err(io)?;
+    let _ = pty.resize(pty_process::Size::new(24, 80));
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty pty: command"))?;
+    let child = pty_process::Command::new(program)
+        .args(args)
+        .env("TERM", "xterm-256color")
+        .kill_on_drop(true)
+        .spawn(pts)
+        .map_err(io)?;
+    Ok((pty, child))
+}
+
+/// Ends a PTY session's program with the session: the PTY closing sends it
+/// SIGHUP; a program that ignores that is killed, and reaped.
+struct ChildGuard(tokio::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.start_kill();
+            // tokio reaps killed children in the background.
+        }
+    }
+}
+
+/// Loads the targets file into `backend` and `index` now, then keeps both
+/// equal to it, reloading on change. A file that fails to load later leaves
+/// the previous contents in place (and says so in the log).
+pub async fn watch_file(
+    path: PathBuf,
+    backend: Arc<StaticBackend>,
+    index: Arc<LabIndex>,
+    interval: Duration,
+) {
+    let mut stamps = FileStamps::new([&path]);
+    loop {
+        tokio::time::sleep(interval).await;
+        if !stamps.changed() {
+            continue;
+        }
+        match targets_file::load(&path) {
+            Ok(targets) => {
+                index.replace_all(targets.index_entries());
+                backend.replace(targets);
+                tracing::info!(labs = index.len(), "static targets file reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "static targets file reload failed; keeping the previous targets")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    fn targets(yaml: &str) -> StaticTargets {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        targets_file::load(&p).unwrap()
+    }
+
+    fn target<'a>(vmi: &'a str, kind: ConsoleKind) -> UpstreamTarget<'a> {
+        UpstreamTarget {
+            namespace: "lab",
+            vmi,
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_vms_and_missing_devices_get_kubevirt_answers() {
+        let b = StaticBackend::new(
+            targets(
+                "labs:\n  - name: lab\n    owner: a\n    vms:\n      - {name: s, console: 'pty:/bin/true'}\n      - {name: v, screen: 'tcp:127.0.0.1:1'}\n",
+            ),
+            1 << 20,
+        );
+        assert_eq!(
+            b.vms("lab"),
+            vec![
+                ("s".to_string(), false, true),
+                ("v".to_string(), true, false)
+            ]
+        );
+        assert!(b.vms("other").is_empty());
+        let refusal = |r: Result<UpstreamIo, UpstreamError>| r.err().unwrap().refusal();
+        assert_eq!(
+            refusal(b.open(target("x", ConsoleKind::Console)).await),
+            Refusal::NoSuchVm
+        );
+        assert_eq!(
+            refusal(b.open(target("s", ConsoleKind::Vnc)).await),
+            Refusal::NoDisplay
+        );
+        assert_eq!(
+            refusal(b.open(target("v", ConsoleKind::Console)).await),
+            Refusal::NoSerialConsole
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_upstream_errors() {
+        // Bind then drop: nothing listens on that port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let b = StaticBackend::new(
+            targets(&format!(
+                "labs:\n  - name: lab\n    owner: a\n    vms:\n      - {{name: v, screen: 'tcp:127.0.0.1:{port}', console: 'unix:/nonexistent/labgate.sock'}}\n"
+            )),
+            1 << 20,
+        );
+        for kind in [ConsoleKind::Vnc, ConsoleKind::Console] {
+            let e = b.open(target("v", kind)).await.err().unwrap();
+            assert_eq!(e.refusal(), Refusal::UpstreamError, "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removed_vm_closes_its_session_with_4009() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let yaml = |vms: &str| format!("labs:\n  - name: lab\n    owner: a\n    vms:\n{vms}");
+        let b = StaticBackend::new(
+            targets(&yaml(&format!(
+                "      - {{name: v, console: 'unix:{}'}}\n",
+                sock.display()
+            ))),
+            1 << 20,
+        );
+        let io = b.open(target("v", ConsoleKind::Console)).await.unwrap();
+        let (mut vm, _) = listener.accept().await.unwrap();
+        vm.write_all(b"login: ").await.unwrap();
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+        assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
+        b.replace(targets(&yaml(
+            "      - {name: w, console: 'pty:/bin/true'}\n",
+        )));
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 4009),
+            other => panic!("{other:?}"),
+        }
+    }
+}
