@@ -10,6 +10,7 @@ packages=(
   x11-xserver-utils          # xsetroot: a known picture on the VNC screen
   x11-utils                  # xmessage/xdpyinfo for the browser tests
   xterm                      # a window to type into on the VNC screen
+  xauth                      # the demo desktop's X cookie (only its holders reach the display)
   socat                      # a real PTY shell as the serial console
   prometheus                 # promtool, to check the /metrics exposition
   chromium                   # headless browser for noVNC and xterm.js
@@ -37,7 +38,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   ${sudo_cmd:-} apt-get install -y -qq --no-install-recommends nodejs npm
 fi
 
-for tool in Xvnc xsetroot xterm socat promtool chromium certutil node npm; do
+for tool in Xvnc xauth xsetroot xterm socat promtool chromium certutil node npm; do
   command -v "$tool" >/dev/null || { echo "error: $tool is still missing" >&2; exit 1; }
 done
 
