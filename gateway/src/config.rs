@@ -30,8 +30,9 @@ pub enum LogFormat {
 #[command(name = "labgate-gateway", version, about, long_about = None)]
 pub struct Config {
     /// Run the self-contained demo: no cluster needed. Serves plain HTTP on
-    /// --listen (default 127.0.0.1:8080 in demo mode) with one demo lab whose
-    /// VM has an in-process serial console, and prints a token and URLs.
+    /// --listen (default 127.0.0.1:8080 in demo mode) with the static backend
+    /// and one demo lab: a real Xvnc desktop (if installed) and PTY shells.
+    /// Prints a token and the viewer URL; stops what it started on exit.
     #[arg(long, env = "LABGATE_GATEWAY_DEMO")]
     pub demo: bool,
 

@@ -96,19 +96,22 @@ fn start_demo() -> Demo {
             let _ = tx.send(line);
         }
     });
+    // Owned by `Demo` from here on, so it is killed and reaped even if this fails.
+    let mut demo = Demo {
+        child,
+        url: String::new(),
+        lines,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
+        match demo.lines.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim().to_string();
                 if line.starts_with("http://") && line.contains("/view/demo#token=") {
-                    return Demo {
-                        child,
-                        url: line,
-                        lines,
-                    };
+                    demo.url = line;
+                    return demo;
                 }
                 seen.push(line);
             }

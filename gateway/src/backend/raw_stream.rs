@@ -177,6 +177,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reader_that_stops_reading_holds_the_vm_side_back() {
+        let (raw, mut vm) = tokio::io::duplex(4096);
+        let io = websocket_for(raw, (), AtEnd::Drop, std::future::pending(), 1 << 20).await;
+        // Nobody reads `io`: what the VM can write is bounded by the buffers.
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = written.clone();
+        let writer = tokio::spawn(async move {
+            let chunk = [b'x'; 4096];
+            loop {
+                if vm.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let stuck_at = written.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            stuck_at < 512 * 1024,
+            "{stuck_at} bytes taken from the VM side"
+        );
+        // Reading lets it go on.
+        let mut ws = client(io).await;
+        let mut got = 0;
+        while got < 2 * stuck_at + 8192 {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => got += b.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        writer.abort();
+    }
+
+    #[tokio::test]
     async fn stop_sends_its_close_frame() {
         let (raw, _vm) = tokio::io::duplex(1024);
         let frame = CloseFrame {

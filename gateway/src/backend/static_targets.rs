@@ -61,8 +61,10 @@ impl StaticBackend {
     }
 
     async fn open(&self, target: UpstreamTarget<'_>) -> Result<UpstreamIo, UpstreamError> {
+        // Subscribed before reading, so a change racing this session is seen.
+        let mut changes = self.targets.subscribe();
         let wanted = {
-            let targets = self.targets.borrow();
+            let targets = changes.borrow_and_update();
             let vm = targets
                 .vm(target.namespace, target.vmi)
                 .ok_or(UpstreamError::NotFound)?;
@@ -77,7 +79,7 @@ impl StaticBackend {
             }
         };
         let stop = removed(
-            self.targets.subscribe(),
+            changes,
             target.namespace.to_string(),
             target.vmi.to_string(),
             target.kind,
@@ -156,12 +158,16 @@ fn spawn_on_pty(argv: &[String]) -> std::io::Result<(pty_process::Pty, tokio::pr
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty pty: command"))?;
-    let child = pty_process::Command::new(program)
+    let mut command = pty_process::Command::new(program)
         .args(args)
-        .env("TERM", "xterm-256color")
-        .kill_on_drop(true)
-        .spawn(pts)
-        .map_err(io)?;
+        .env("TERM", "xterm-256color");
+    // The gateway's own settings are none of the console's business.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LABGATE_") {
+            command = command.env_remove(key);
+        }
+    }
+    let child = command.kill_on_drop(true).spawn(pts).map_err(io)?;
     Ok((pty, child))
 }
 
