@@ -129,6 +129,20 @@ fn token(user: &str) -> String {
 }
 
 impl Gateway {
+    /// A plain HTTP GET; returns the whole answer.
+    async fn get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
     async fn open(&self, vm: &str, kind: &str, token: &str) -> Ws {
         let url = format!("ws://{}/labs/lab-a/{vm}/{kind}/{token}", self.addr);
         tokio_tungstenite::connect_async(url)
@@ -313,6 +327,12 @@ async fn removal_from_the_file_closes_live_sessions_within_a_second() {
     // And new sessions to it are refused as unknown.
     let mut again = gw.open("vm2", "console", &token(ALICE)).await;
     assert_closed_with(&mut again, 4005, Duration::from_secs(5)).await;
+    // Both ends are counted as revocations.
+    let metrics = gw.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"labgate_gateway_sessions_total{kind="console",outcome="revoked"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,9 @@
 //! live: [`kubevirt::KubeVirtBackend`] opens KubeVirt's `vnc` / `console`
 //! subresource through the Kubernetes API server with the gateway's own
 //! credentials; [`static_targets::StaticBackend`] opens the screens and
-//! consoles listed in a file (VMs outside Kubernetes, and the demo), and the
-//! simulated demo plugs in an in-process console.
+//! consoles listed in a file (VMs outside Kubernetes, and the demo). Both
+//! hand the splice a websocket byte stream ([`UpstreamIo`]); raw targets get
+//! theirs from [`raw_stream`].
 
 pub mod kubevirt;
 pub mod raw_stream;
@@ -29,7 +30,7 @@ pub use static_targets::StaticBackend;
 pub enum UpstreamIo {
     /// A connection upgraded through hyper (API server, or any HTTP upstream).
     Upgraded(TokioIo<hyper::upgrade::Upgraded>),
-    /// An in-process pipe (demo backend, tests).
+    /// An in-process pipe (raw targets framed by [`raw_stream`], tests).
     Memory(tokio::io::DuplexStream),
 }
 

@@ -73,6 +73,13 @@ impl SpliceEnd {
     /// The `outcome` metric label.
     pub fn outcome(&self) -> &'static str {
         match self {
+            // KubeVirt sends no application codes; a raw-target relay (static
+            // backend) ends a session with a refusal's code (4009 for a VM
+            // removed from its file), which counts as that refusal.
+            SpliceEnd::UpstreamClosed(Some(frame)) if u16::from(frame.code) >= 4000 => Refusal::ALL
+                .iter()
+                .find(|r| r.close_code() == u16::from(frame.code))
+                .map_or("ok", |r| r.outcome()),
             SpliceEnd::ClientClosed(_) | SpliceEnd::UpstreamClosed(_) | SpliceEnd::ClientGone => {
                 "ok"
             }
