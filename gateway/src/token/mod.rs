@@ -505,6 +505,9 @@ impl TokenVerifier {
 }
 
 #[cfg(test)]
+mod kid_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::str::FromStr;
