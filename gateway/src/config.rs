@@ -107,7 +107,7 @@ pub struct Config {
     )]
     pub jwt_allow_any_audience: bool,
 
-    /// Clock-skew allowance for `exp` and `nbf`.
+    /// Clock-skew allowance for `nbf` (`exp` gets none).
     #[arg(long, env = "LABGATE_GATEWAY_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwt_leeway: Duration,
 
@@ -313,9 +313,11 @@ impl Config {
             || self.jwt_jwks_url.is_some()
             || self.jwt_jwks_file.is_some();
         if !plain_keys && self.jwt_issuers_file.is_none() {
-            return Err("no token keys: pass --jwt-hmac-secret-file, --jwt-public-key-file, \
+            return Err(
+                "no token keys: pass --jwt-hmac-secret-file, --jwt-public-key-file, \
                  --jwt-jwks-url, --jwt-jwks-file and/or --jwt-issuers-file"
-                .into());
+                    .into(),
+            );
         }
         if let Some(url) = &self.jwt_jwks_url
             && url.scheme() != Some(&http::uri::Scheme::HTTPS)

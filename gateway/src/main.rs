@@ -13,7 +13,12 @@ const EX_USAGE: u8 = 64;
 
 /// The gateway's flags, or a subcommand instead of the server.
 #[derive(Parser)]
-#[command(name = "labgate-gateway", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "labgate-gateway",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

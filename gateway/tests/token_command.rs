@@ -54,7 +54,14 @@ fn openssl_rsa(dir: &Path) {
     let key = dir.join("rsa.key");
     assert!(
         Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out"
+            ])
             .arg(&key)
             .stderr(std::process::Stdio::null())
             .status()
@@ -134,17 +141,43 @@ async fn minted_tokens_are_accepted_by_a_running_gateway() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let base = ["--user", ALICE, "--audience", "labgate", "--issuer", "portal"];
+    let base = [
+        "--user",
+        ALICE,
+        "--audience",
+        "labgate",
+        "--issuer",
+        "portal",
+    ];
     let with = |extra: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         mint(&args).unwrap()
     };
     let console_path = "/labs/lab-1/vm1/console";
     let hmac = with(&["--hmac-secret-file", &d("secret")]);
-    let ec_kid = with(&["--private-key-file", &d("ec.key"), "--alg", "ES256", "--kid", "ec-1"]);
+    let ec_kid = with(&[
+        "--private-key-file",
+        &d("ec.key"),
+        "--alg",
+        "ES256",
+        "--kid",
+        "ec-1",
+    ]);
     let ed = with(&["--private-key-file", &d("ed.key"), "--alg", "EdDSA"]);
-    let rsa = with(&["--private-key-file", &d("rsa.key"), "--alg", "RS256", "--ttl", "5m"]);
-    for (what, token) in [("HS256", &hmac), ("ES256 kid", &ec_kid), ("EdDSA", &ed), ("RS256", &rsa)] {
+    let rsa = with(&[
+        "--private-key-file",
+        &d("rsa.key"),
+        "--alg",
+        "RS256",
+        "--ttl",
+        "5m",
+    ]);
+    for (what, token) in [
+        ("HS256", &hmac),
+        ("ES256 kid", &ec_kid),
+        ("EdDSA", &ed),
+        ("RS256", &rsa),
+    ] {
         let t = token.clone();
         let code = tokio::task::spawn_blocking(move || status(addr, console_path, &t))
             .await
@@ -155,27 +188,65 @@ async fn minted_tokens_are_accepted_by_a_running_gateway() {
         // Scope claims.
         (
             "scoped to the console",
-            with(&["--hmac-secret-file", &d("secret"), "--lab", "lab-1", "--vm", "vm1", "--kind", "console"]),
+            with(&[
+                "--hmac-secret-file",
+                &d("secret"),
+                "--lab",
+                "lab-1",
+                "--vm",
+                "vm1",
+                "--kind",
+                "console",
+            ]),
             console_path,
             426,
         ),
         (
             "scoped to the console, screen asked",
-            with(&["--hmac-secret-file", &d("secret"), "--lab", "lab-1", "--kind", "console"]),
+            with(&[
+                "--hmac-secret-file",
+                &d("secret"),
+                "--lab",
+                "lab-1",
+                "--kind",
+                "console",
+            ]),
             "/labs/lab-1/vm1/vnc",
             403,
         ),
-        ("someone else's lab", hmac.clone(), "/labs/lab-2/vm1/console", 403),
+        (
+            "someone else's lab",
+            hmac.clone(),
+            "/labs/lab-2/vm1/console",
+            403,
+        ),
         // The kid rule: the RSA key is configured without a kid.
         (
             "a kid the gateway does not know",
-            with(&["--private-key-file", &d("rsa.key"), "--alg", "RS256", "--kid", "rsa-1"]),
+            with(&[
+                "--private-key-file",
+                &d("rsa.key"),
+                "--alg",
+                "RS256",
+                "--kid",
+                "rsa-1",
+            ]),
             console_path,
             401,
         ),
         (
             "another audience",
-            mint(&["--user", ALICE, "--audience", "other", "--issuer", "portal", "--hmac-secret-file", &d("secret")]).unwrap(),
+            mint(&[
+                "--user",
+                ALICE,
+                "--audience",
+                "other",
+                "--issuer",
+                "portal",
+                "--hmac-secret-file",
+                &d("secret"),
+            ])
+            .unwrap(),
             console_path,
             401,
         ),
@@ -190,9 +261,32 @@ async fn minted_tokens_are_accepted_by_a_running_gateway() {
     // Bad invocations: a clear message and a non-zero exit, never a token.
     for (args, needle) in [
         (vec!["--user", ALICE], "--hmac-secret-file"),
-        (vec!["--user", ALICE, "--private-key-file", "/nonexistent", "--alg", "ES256"], "/nonexistent"),
-        (vec!["--user", ALICE, "--private-key-file", &d("ec.key"), "--alg", "RS256"], "not a private key"),
-        (vec!["--user", ALICE, "--hmac-secret-file", &d("ec.pub")], "PEM"),
+        (
+            vec![
+                "--user",
+                ALICE,
+                "--private-key-file",
+                "/nonexistent",
+                "--alg",
+                "ES256",
+            ],
+            "/nonexistent",
+        ),
+        (
+            vec![
+                "--user",
+                ALICE,
+                "--private-key-file",
+                &d("ec.key"),
+                "--alg",
+                "RS256",
+            ],
+            "not a private key",
+        ),
+        (
+            vec!["--user", ALICE, "--hmac-secret-file", &d("ec.pub")],
+            "PEM",
+        ),
     ] {
         let err = mint(&args).unwrap_err();
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -201,9 +295,11 @@ async fn minted_tokens_are_accepted_by_a_running_gateway() {
     // A real session with a minted token: the console answers.
     let url = format!("ws://{addr}/labs/lab-1/vm1/console/{ec_kid}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    ws.send(Message::Binary(Bytes::from_static(b"echo minted-$((6*7))\r")))
-        .await
-        .unwrap();
+    ws.send(Message::Binary(Bytes::from_static(
+        b"echo minted-$((6*7))\r",
+    )))
+    .await
+    .unwrap();
     let mut seen = String::new();
     tokio::time::timeout(Duration::from_secs(10), async {
         while !seen.contains("minted-42") {

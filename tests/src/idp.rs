@@ -45,8 +45,7 @@ impl JwksServer {
     /// Starts on a free loopback port with `answer`.
     pub async fn start(answer: Answer) -> anyhow::Result<JwksServer> {
         let ca = TestCa::new();
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config(&["localhost"])?));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config(&["localhost"])?));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let answer = Arc::new(Mutex::new(answer));

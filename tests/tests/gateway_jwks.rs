@@ -183,8 +183,16 @@ async fn the_last_good_set_keeps_working_while_the_provider_is_down_or_broken() 
     encryption_only["use"] = json!("enc");
     for (what, answer, result) in [
         ("503", Answer::Status(503), "error"),
-        ("garbage", Answer::Body(b"<html>oops</html>".to_vec()), "invalid"),
-        ("no usable key", Answer::Json(json!({"keys": [encryption_only]})), "invalid"),
+        (
+            "garbage",
+            Answer::Body(b"<html>oops</html>".to_vec()),
+            "invalid",
+        ),
+        (
+            "no usable key",
+            Answer::Json(json!({"keys": [encryption_only]})),
+            "invalid",
+        ),
         // Over the 1 MiB limit.
         ("huge", Answer::Body(vec![b' '; 2 * 1024 * 1024]), "error"),
     ] {
@@ -197,7 +205,10 @@ async fn the_last_good_set_keeps_working_while_the_provider_is_down_or_broken() 
             eventually(Duration::from_secs(5), async || idp.fetches() >= seen + 2).await,
             "{what}: no refetch"
         );
-        assert!(metric(&env, &prefix).await > failures, "{what}: not counted as {result}");
+        assert!(
+            metric(&env, &prefix).await > failures,
+            "{what}: not counted as {result}"
+        );
         // A fresh token (not cached) still verifies with the last good key.
         assert_eq!(status(&env, &k1.alice()).await, 426, "{what}");
         // An unknown kid meanwhile is refused, not a reason to drop the set.
@@ -242,8 +253,7 @@ async fn an_unknown_kid_flood_makes_a_bounded_number_of_refetches() {
                 .unwrap()
             })
             .collect();
-        let statuses =
-            futures::future::join_all(batch.iter().map(|t| status(&env, t))).await;
+        let statuses = futures::future::join_all(batch.iter().map(|t| status(&env, t))).await;
         assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
         sent += batch.len();
     }
@@ -258,7 +268,14 @@ async fn an_unknown_kid_flood_makes_a_bounded_number_of_refetches() {
     );
     assert!(refetches >= 1, "an unknown kid never made the gateway look");
     assert!(refetches <= bound, "{refetches} fetches > {bound}");
-    assert!(metric(&env, "labgate_gateway_jwks_refetches_total{result=\"rate_limited\"}").await > 0.0);
+    assert!(
+        metric(
+            &env,
+            "labgate_gateway_jwks_refetches_total{result=\"rate_limited\"}"
+        )
+        .await
+            > 0.0
+    );
     // The real key still works.
     assert_eq!(status(&env, &k1.alice()).await, 426);
 }
@@ -346,31 +363,50 @@ async fn several_issuers_each_with_their_own_audience() {
     })
     .await
     .unwrap();
-    let claims = |iss: &str, aud: &str| {
-        json!({"iss": iss, "aud": aud, "sub": "idp-internal-id", "preferred_username": TUTOR})
-    };
+    let claims = |iss: &str, aud: &str| json!({"iss": iss, "aud": aud, "sub": "idp-internal-id", "preferred_username": TUTOR});
     let staff_ok = staff.token(claims("https://staff.example", "labgate-staff"));
-    assert_eq!(status(&env, &staff_ok).await, 426, "staff, by preferred_username");
+    assert_eq!(
+        status(&env, &staff_ok).await,
+        426,
+        "staff, by preferred_username"
+    );
     let student_ok = student.token(json!({"iss": "https://students.example",
         "aud": "labgate-students", "sub": ALICE}));
     assert_eq!(status(&env, &student_ok).await, 426, "student, by sub");
     // The portal's HMAC tokens (no iss) keep working beside them.
     assert_eq!(status(&env, &env.token(ALICE)).await, 426, "portal");
     for (what, t) in [
-        ("staff, student audience", staff.token(claims("https://staff.example", "labgate-students"))),
-        ("student key claiming staff", student.token(claims("https://staff.example", "labgate-staff"))),
-        ("staff key claiming students", staff.token(claims("https://students.example", "labgate-students"))),
-        ("students, staff audience", student.token(json!({"iss": "https://students.example",
-            "aud": "labgate-staff", "sub": ALICE}))),
-        ("portal audience on the staff key", staff.token(json!({"iss": "https://staff.example",
-            "aud": AUDIENCE, "preferred_username": TUTOR}))),
+        (
+            "staff, student audience",
+            staff.token(claims("https://staff.example", "labgate-students")),
+        ),
+        (
+            "student key claiming staff",
+            student.token(claims("https://staff.example", "labgate-staff")),
+        ),
+        (
+            "staff key claiming students",
+            staff.token(claims("https://students.example", "labgate-students")),
+        ),
+        (
+            "students, staff audience",
+            student.token(json!({"iss": "https://students.example",
+            "aud": "labgate-staff", "sub": ALICE})),
+        ),
+        (
+            "portal audience on the staff key",
+            staff.token(json!({"iss": "https://staff.example",
+            "aud": AUDIENCE, "preferred_username": TUTOR})),
+        ),
     ] {
         assert_eq!(status(&env, &t).await, 401, "{what}");
     }
     // Staff users are read from preferred_username, not sub: a staff token
     // whose preferred_username is missing is refused, whatever its sub.
-    let no_username = staff.token(json!({"iss": "https://staff.example", "aud": "labgate-staff",
-        "sub": TUTOR}));
+    let no_username = staff.token(
+        json!({"iss": "https://staff.example", "aud": "labgate-staff",
+        "sub": TUTOR}),
+    );
     assert_eq!(status(&env, &no_username).await, 401);
 }
 
@@ -391,15 +427,30 @@ async fn the_user_claim_decides_whose_labs_open() {
         c["exp"] = json!(now() + 600);
         env.sign(c)
     };
-    assert_eq!(status(&env, &token(json!({"sub": "u-1", "email": ALICE}))).await, 426);
-    assert_eq!(status(&env, &token(json!({"sub": ALICE, "email": BOB}))).await, 403);
+    assert_eq!(
+        status(&env, &token(json!({"sub": "u-1", "email": ALICE}))).await,
+        426
+    );
+    assert_eq!(
+        status(&env, &token(json!({"sub": ALICE, "email": BOB}))).await,
+        403
+    );
     assert_eq!(status(&env, &token(json!({"sub": ALICE}))).await, 401);
-    assert_eq!(status(&env, &token(json!({"sub": ALICE, "email": ""}))).await, 401);
-    assert_eq!(status(&env, &token(json!({"sub": ALICE, "email": [ALICE]}))).await, 401);
+    assert_eq!(
+        status(&env, &token(json!({"sub": ALICE, "email": ""}))).await,
+        401
+    );
+    assert_eq!(
+        status(&env, &token(json!({"sub": ALICE, "email": [ALICE]}))).await,
+        401
+    );
     // The websocket answer for the same: close code 4001.
     let (mut ws, _) = env
         .ws(
-            &format!("/labs/lab-alice/vm1/console/{}", token(json!({"sub": ALICE}))),
+            &format!(
+                "/labs/lab-alice/vm1/console/{}",
+                token(json!({"sub": ALICE}))
+            ),
             None,
             &[],
         )

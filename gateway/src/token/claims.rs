@@ -134,14 +134,24 @@ mod tests {
                        "id": 42});
         assert_eq!(user("sub", p.clone()).as_deref(), Some("u-123"));
         assert_eq!(user("email", p.clone()).as_deref(), Some("a@example.com"));
-        assert_eq!(user("preferred_username", p.clone()).as_deref(), Some("alice"));
+        assert_eq!(
+            user("preferred_username", p.clone()).as_deref(),
+            Some("alice")
+        );
         assert_eq!(user("realm.user", p.clone()).as_deref(), Some("r-alice"));
         assert_eq!(
             user("https://portal.example/user", p.clone()).as_deref(),
             Some("ns-alice")
         );
         // Not a string, an object, missing, or empty: a bad token, never a default.
-        for claim in ["id", "realm", "realm.n", "realm.missing", "missing", "sub.x"] {
+        for claim in [
+            "id",
+            "realm",
+            "realm.n",
+            "realm.missing",
+            "missing",
+            "sub.x",
+        ] {
             assert_eq!(user(claim, p.clone()), None, "{claim}");
         }
         assert_eq!(user("sub", json!({"sub": ""})), None);
@@ -167,6 +177,9 @@ mod tests {
         assert!("".parse::<ClaimPath>().is_err());
         assert!("a..b".parse::<ClaimPath>().is_err());
         assert!(".a".parse::<ClaimPath>().is_err());
-        assert_eq!("realm.user".parse::<ClaimPath>().unwrap().as_str(), "realm.user");
+        assert_eq!(
+            "realm.user".parse::<ClaimPath>().unwrap().as_str(),
+            "realm.user"
+        );
     }
 }

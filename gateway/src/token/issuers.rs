@@ -98,7 +98,8 @@ struct File {
 /// # Errors
 /// [`KeyError::Config`] naming the entry at fault.
 pub fn load_file(path: &Path) -> Result<Vec<IssuerSettings>, KeyError> {
-    let bad = |reason: String| KeyError::Config(format!("issuers file {}: {reason}", path.display()));
+    let bad =
+        |reason: String| KeyError::Config(format!("issuers file {}: {reason}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let file: File = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
@@ -165,15 +166,27 @@ mod tests {
         assert!(ok[1].audiences.is_empty());
 
         for (yaml, needle) in [
-            ("issuers:\n- issuer: a\n  jwksUrl: https://a/\n", "audiences"),
+            (
+                "issuers:\n- issuer: a\n  jwksUrl: https://a/\n",
+                "audiences",
+            ),
             (
                 "issuers:\n- issuer: a\n  audiences: [x]\n  allowAnyAudience: true\n  jwksUrl: https://a/\n",
                 "not both",
             ),
             ("issuers:\n- issuer: a\n  audiences: [x]\n", "no keys"),
-            ("issuers:\n- issuer: a\n  audiences: [x]\n  jwksURL: https://a/\n", "unknown field"),
-            ("issuers:\n- issuer: ''\n  audiences: [x]\n  jwksUrl: https://a/\n", "empty"),
-            ("issuers:\n- issuer: a\n  audiences: [x]\n  userClaim: ''\n  jwksUrl: https://a/\n", "user claim"),
+            (
+                "issuers:\n- issuer: a\n  audiences: [x]\n  jwksURL: https://a/\n",
+                "unknown field",
+            ),
+            (
+                "issuers:\n- issuer: ''\n  audiences: [x]\n  jwksUrl: https://a/\n",
+                "empty",
+            ),
+            (
+                "issuers:\n- issuer: a\n  audiences: [x]\n  userClaim: ''\n  jwksUrl: https://a/\n",
+                "user claim",
+            ),
         ] {
             let err = load(yaml).unwrap_err();
             assert!(err.contains(needle), "{yaml}: {err}");

@@ -99,8 +99,7 @@ pub fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<LoadedKey>, String
     struct RawSet {
         keys: Vec<serde_json::Value>,
     }
-    let set: RawSet =
-        serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+    let set: RawSet = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
     let mut keys = Vec::new();
     for raw in set.keys {
         let kid = raw.get("kid").and_then(|k| k.as_str()).map(str::to_string);
@@ -109,7 +108,10 @@ pub fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<LoadedKey>, String
             continue;
         };
         let Some(algorithms) = binding(&jwk, pinned) else {
-            tracing::debug!(?kid, "JWK skipped: its kty/crv/alg/use fit no pinned algorithm");
+            tracing::debug!(
+                ?kid,
+                "JWK skipped: its kty/crv/alg/use fit no pinned algorithm"
+            );
             continue;
         };
         match DecodingKey::from_jwk(&jwk) {
@@ -321,7 +323,12 @@ impl RemoteJwks {
             .collect()
             .await
             .map(|b| b.to_bytes())
-            .map_err(|e| format!("reading the body (limit {} bytes): {e}", self.settings.max_bytes))
+            .map_err(|e| {
+                format!(
+                    "reading the body (limit {} bytes): {e}",
+                    self.settings.max_bytes
+                )
+            })
     }
 
     /// Scheduled refetches until the task is dropped; `on_change` runs after
@@ -340,7 +347,8 @@ fn client_config_with_ca(
     path: &Path,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<rustls::ClientConfig, KeyError> {
-    let bad = |reason: String| KeyError::Config(format!("JWKS CA file {}: {reason}", path.display()));
+    let bad =
+        |reason: String| KeyError::Config(format!("JWKS CA file {}: {reason}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -408,10 +416,15 @@ mod tests {
             kids(set.clone(), &[Algorithm::RS256, Algorithm::HS256]),
             [Some("rsa".to_string())]
         );
-        assert!(kids(set, &[Algorithm::HS256]).is_empty(), "no oct key is ever taken");
+        assert!(
+            kids(set, &[Algorithm::HS256]).is_empty(),
+            "no oct key is ever taken"
+        );
         // A key naming its alg is bound to it alone.
         let keys = parse(
-            json!({"keys": [ec_jwk(json!({"alg": "ES256"}))]}).to_string().as_bytes(),
+            json!({"keys": [ec_jwk(json!({"alg": "ES256"}))]})
+                .to_string()
+                .as_bytes(),
             &[Algorithm::ES256, Algorithm::ES384],
         )
         .unwrap();
@@ -421,7 +434,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for body in ["", "null", "[]", "{}", r#"{"keys": 3}"#, "\u{0}"] {
-            assert!(parse(body.as_bytes(), &[Algorithm::ES256]).is_err(), "{body:?}");
+            assert!(
+                parse(body.as_bytes(), &[Algorithm::ES256]).is_err(),
+                "{body:?}"
+            );
         }
     }
 

@@ -29,7 +29,14 @@ fn openssl_rsa(dir: &std::path::Path, name: &str) -> (EncodingKey, Vec<u8>) {
     let key = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     let ok = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&key)
         .stderr(std::process::Stdio::null())
         .status()
@@ -106,7 +113,12 @@ async fn every_kid_combination() {
     let f = fixture();
     let v = TokenVerifier::new(
         TokenSettings {
-            algorithms: vec![Algorithm::HS256, Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+            algorithms: vec![
+                Algorithm::HS256,
+                Algorithm::RS256,
+                Algorithm::ES256,
+                Algorithm::EdDSA,
+            ],
             hmac_secret_files: vec![f.file(None, "h0"), f.file(Some("h1"), "h1")],
             public_key_files: vec![
                 f.file(Some("rsa"), "rsa.pub"),
@@ -136,25 +148,103 @@ async fn every_kid_combination() {
         ("no kid, kid-less Ed25519 key", EdDSA, None, &f.ed, true),
         // Token with a known kid: that key only.
         ("kid h1, signed by h1", HS256, Some("h1"), &h1, true),
-        ("kid h1, signed by the kid-less h0", HS256, Some("h1"), &h0, false),
+        (
+            "kid h1, signed by the kid-less h0",
+            HS256,
+            Some("h1"),
+            &h0,
+            false,
+        ),
         ("kid rsa, signed by rsa", RS256, Some("rsa"), &f.rsa, true),
-        ("kid rsa, signed by the kid-less rsa0", RS256, Some("rsa"), &f.rsa0, false),
+        (
+            "kid rsa, signed by the kid-less rsa0",
+            RS256,
+            Some("rsa"),
+            &f.rsa0,
+            false,
+        ),
         ("kid ec, signed by ec", ES256, Some("ec"), &f.ec, true),
         // A known kid bound to another family: never tried.
-        ("kid rsa, HS256 signed by the kid-less h0", HS256, Some("rsa"), &h0, false),
-        ("kid rsa, HS256 signed with rsa's public PEM", HS256, Some("rsa"), &rsa_pub_as_secret, false),
-        ("kid ec, HS256 signed with ec's public PEM", HS256, Some("ec"), &ec_pub_as_secret, false),
-        ("kid h1, RS256 signed by rsa", RS256, Some("h1"), &f.rsa, false),
-        ("kid ec, RS256 signed by rsa", RS256, Some("ec"), &f.rsa, false),
-        ("kid rsa, ES256 signed by ec", ES256, Some("rsa"), &f.ec, false),
+        (
+            "kid rsa, HS256 signed by the kid-less h0",
+            HS256,
+            Some("rsa"),
+            &h0,
+            false,
+        ),
+        (
+            "kid rsa, HS256 signed with rsa's public PEM",
+            HS256,
+            Some("rsa"),
+            &rsa_pub_as_secret,
+            false,
+        ),
+        (
+            "kid ec, HS256 signed with ec's public PEM",
+            HS256,
+            Some("ec"),
+            &ec_pub_as_secret,
+            false,
+        ),
+        (
+            "kid h1, RS256 signed by rsa",
+            RS256,
+            Some("h1"),
+            &f.rsa,
+            false,
+        ),
+        (
+            "kid ec, RS256 signed by rsa",
+            RS256,
+            Some("ec"),
+            &f.rsa,
+            false,
+        ),
+        (
+            "kid rsa, ES256 signed by ec",
+            ES256,
+            Some("rsa"),
+            &f.ec,
+            false,
+        ),
         // Key confusion without kid: HS256 never reaches a public key.
-        ("no kid, HS256 signed with rsa's public PEM", HS256, None, &rsa_pub_as_secret, false),
+        (
+            "no kid, HS256 signed with rsa's public PEM",
+            HS256,
+            None,
+            &rsa_pub_as_secret,
+            false,
+        ),
         // Unknown kid: refused, never a fallback to kid-less or other keys.
-        ("unknown kid, signed by the kid-less h0", HS256, Some("nope"), &h0, false),
+        (
+            "unknown kid, signed by the kid-less h0",
+            HS256,
+            Some("nope"),
+            &h0,
+            false,
+        ),
         ("unknown kid, signed by h1", HS256, Some("nope"), &h1, false),
-        ("unknown kid, signed by the kid-less rsa0", RS256, Some("nope"), &f.rsa0, false),
-        ("unknown kid, signed by the kid-less ed", EdDSA, Some("nope"), &f.ed, false),
-        ("empty kid, signed by the kid-less h0", HS256, Some(""), &h0, false),
+        (
+            "unknown kid, signed by the kid-less rsa0",
+            RS256,
+            Some("nope"),
+            &f.rsa0,
+            false,
+        ),
+        (
+            "unknown kid, signed by the kid-less ed",
+            EdDSA,
+            Some("nope"),
+            &f.ed,
+            false,
+        ),
+        (
+            "empty kid, signed by the kid-less h0",
+            HS256,
+            Some(""),
+            &h0,
+            false,
+        ),
     ];
     for (name, alg, kid, key, expected) in cases {
         let token = sign(*alg, *kid, key);
@@ -234,21 +324,65 @@ async fn several_issuers_each_with_their_own_keys_and_audience() {
         async move { v.verify(&t).await.map(|c| c.sub.clone()) }
     };
     assert_eq!(
-        user(token(Algorithm::RS256, &f.rsa, "https://staff", "labgate-staff")).await.as_deref(),
+        user(token(
+            Algorithm::RS256,
+            &f.rsa,
+            "https://staff",
+            "labgate-staff"
+        ))
+        .await
+        .as_deref(),
         Ok("tutor"),
         "staff: its user claim"
     );
     assert_eq!(
-        user(token(Algorithm::ES256, &f.ec, "https://students", "labgate-students")).await.as_deref(),
+        user(token(
+            Algorithm::ES256,
+            &f.ec,
+            "https://students",
+            "labgate-students"
+        ))
+        .await
+        .as_deref(),
         Ok("u-1"),
         "students: the default user claim"
     );
     for (what, t) in [
-        ("student key, staff iss", token(Algorithm::ES256, &f.ec, "https://staff", "labgate-staff")),
-        ("staff key, student iss", token(Algorithm::RS256, &f.rsa, "https://students", "labgate-students")),
-        ("staff, student audience", token(Algorithm::RS256, &f.rsa, "https://staff", "labgate-students")),
-        ("students, staff audience", token(Algorithm::ES256, &f.ec, "https://students", "labgate-staff")),
-        ("unknown issuer", token(Algorithm::RS256, &f.rsa, "https://elsewhere", "labgate-staff")),
+        (
+            "student key, staff iss",
+            token(Algorithm::ES256, &f.ec, "https://staff", "labgate-staff"),
+        ),
+        (
+            "staff key, student iss",
+            token(
+                Algorithm::RS256,
+                &f.rsa,
+                "https://students",
+                "labgate-students",
+            ),
+        ),
+        (
+            "staff, student audience",
+            token(
+                Algorithm::RS256,
+                &f.rsa,
+                "https://staff",
+                "labgate-students",
+            ),
+        ),
+        (
+            "students, staff audience",
+            token(Algorithm::ES256, &f.ec, "https://students", "labgate-staff"),
+        ),
+        (
+            "unknown issuer",
+            token(
+                Algorithm::RS256,
+                &f.rsa,
+                "https://elsewhere",
+                "labgate-staff",
+            ),
+        ),
     ] {
         assert_eq!(user(t).await, Err(TokenError::Invalid), "{what}");
     }
@@ -327,8 +461,17 @@ async fn the_user_claim_decides_the_user() {
         json!({"sub": "u-1", "email": {"a": "b"}}),
         json!({"sub": "u-1", "email": null}),
     ] {
-        assert_eq!(by_email.verify(&token(bad.clone())).await, Err(TokenError::Invalid), "{bad}");
+        assert_eq!(
+            by_email.verify(&token(bad.clone())).await,
+            Err(TokenError::Invalid),
+            "{bad}"
+        );
     }
     // Without sub, with the configured claim: fine.
-    assert!(by_email.verify(&token(json!({"email": "a@b"}))).await.is_ok());
+    assert!(
+        by_email
+            .verify(&token(json!({"email": "a@b"})))
+            .await
+            .is_ok()
+    );
 }

@@ -135,10 +135,13 @@ pub fn mint(args: &MintArgs, now: u64) -> Result<String, MintError> {
         ("iss", args.issuer.as_deref()),
         ("lab", args.lab.as_deref()),
         ("vmi", args.vm.as_deref()),
-        ("kind", args.kind.map(|k| match k {
-            Kind::Vnc => "vnc",
-            Kind::Console => "console",
-        })),
+        (
+            "kind",
+            args.kind.map(|k| match k {
+                Kind::Vnc => "vnc",
+                Kind::Console => "console",
+            }),
+        ),
     ] {
         if let Some(v) = value {
             claims.insert(name.into(), json!(v));
@@ -204,8 +207,24 @@ mod tests {
         std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
         let s = secret.to_str().unwrap();
         let args = parse(&[
-            "--user", "alice", "--lab", "lab-a", "--vm", "vm1", "--kind", "console", "--ttl", "2h",
-            "--audience", "labgate", "--issuer", "portal", "--hmac-secret-file", s, "--kid", "k1",
+            "--user",
+            "alice",
+            "--lab",
+            "lab-a",
+            "--vm",
+            "vm1",
+            "--kind",
+            "console",
+            "--ttl",
+            "2h",
+            "--audience",
+            "labgate",
+            "--issuer",
+            "portal",
+            "--hmac-secret-file",
+            s,
+            "--kid",
+            "k1",
         ])
         .unwrap();
         let t = mint(&args, 1000).unwrap();
@@ -215,10 +234,24 @@ mod tests {
                    "lab": "lab-a", "vmi": "vm1", "kind": "console"})
         );
         let header = jsonwebtoken::decode_header(&t).unwrap();
-        assert_eq!((header.alg, header.kid.as_deref()), (Algorithm::HS256, Some("k1")));
+        assert_eq!(
+            (header.alg, header.kid.as_deref()),
+            (Algorithm::HS256, Some("k1"))
+        );
 
-        let nested = parse(&["--user", "bob", "--user-claim", "realm.user", "--hmac-secret-file", s]).unwrap();
-        assert_eq!(payload(&mint(&nested, 0).unwrap())["realm"], json!({"user": "bob"}));
+        let nested = parse(&[
+            "--user",
+            "bob",
+            "--user-claim",
+            "realm.user",
+            "--hmac-secret-file",
+            s,
+        ])
+        .unwrap();
+        assert_eq!(
+            payload(&mint(&nested, 0).unwrap())["realm"],
+            json!({"user": "bob"})
+        );
     }
 
     #[test]
@@ -229,12 +262,30 @@ mod tests {
         let w = weak.to_str().unwrap();
         // Clap: no key at all, both keys, a private key without --alg.
         assert!(parse(&["--user", "a"]).is_err());
-        assert!(parse(&["--user", "a", "--hmac-secret-file", w, "--private-key-file", w, "--alg", "RS256"]).is_err());
+        assert!(
+            parse(&[
+                "--user",
+                "a",
+                "--hmac-secret-file",
+                w,
+                "--private-key-file",
+                w,
+                "--alg",
+                "RS256"
+            ])
+            .is_err()
+        );
         assert!(parse(&["--user", "a", "--private-key-file", w]).is_err());
         let err = |args: &[&str]| mint(&parse(args).unwrap(), 0).unwrap_err().to_string();
         assert!(err(&["--user", "a", "--hmac-secret-file", w]).contains("at least 32"));
-        assert!(err(&["--user", "a", "--hmac-secret-file", w, "--alg", "RS256"]).contains("--private-key-file"));
-        assert!(err(&["--user", "a", "--private-key-file", w, "--alg", "ES256"]).contains("not a private key"));
+        assert!(
+            err(&["--user", "a", "--hmac-secret-file", w, "--alg", "RS256"])
+                .contains("--private-key-file")
+        );
+        assert!(
+            err(&["--user", "a", "--private-key-file", w, "--alg", "ES256"])
+                .contains("not a private key")
+        );
         assert!(err(&["--user", "", "--private-key-file", w, "--alg", "ES256"]).contains("--user"));
     }
 }

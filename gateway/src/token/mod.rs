@@ -246,7 +246,10 @@ fn loggable(s: &str) -> &str {
     }
 }
 
-fn load_file_keys(issuer: &IssuerSettings, pinned: &[Algorithm]) -> Result<Vec<LoadedKey>, KeyError> {
+fn load_file_keys(
+    issuer: &IssuerSettings,
+    pinned: &[Algorithm],
+) -> Result<Vec<LoadedKey>, KeyError> {
     let mut keys = keys::load_files(&issuer.hmac_secret_files, &issuer.public_key_files, pinned)?;
     if let Some(path) = &issuer.jwks_file {
         keys.extend(jwks::load_file(path, pinned)?);
@@ -284,7 +287,9 @@ impl TokenVerifier {
             }
         }
         if all.iter().filter(|i| i.issuers.is_empty()).count() > 1 {
-            return Err(KeyError::Config("only one issuer may accept any `iss`".into()));
+            return Err(KeyError::Config(
+                "only one issuer may accept any `iss`".into(),
+            ));
         }
         let mut issuers = Vec::new();
         for s in all {
@@ -302,7 +307,10 @@ impl TokenVerifier {
             };
             issuers.push(Issuer {
                 file_keys: RwLock::new(Arc::new(load_file_keys(&s, &settings.algorithms)?)),
-                user_claim: s.user_claim.clone().unwrap_or_else(|| settings.user_claim.clone()),
+                user_claim: s
+                    .user_claim
+                    .clone()
+                    .unwrap_or_else(|| settings.user_claim.clone()),
                 label,
                 remote,
                 settings: s,
@@ -510,9 +518,9 @@ mod kid_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
+    use std::str::FromStr;
 
     const SECRET: &[u8] = b"s3cret-s3cret-s3cret-s3cret-s3cret";
     const OTHER: &[u8] = b"other-secret-0123456789abcdef-0123";
