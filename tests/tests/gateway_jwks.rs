@@ -458,3 +458,29 @@ async fn the_user_claim_decides_whose_labs_open() {
         .unwrap();
     assert_refused(&mut ws, 4001).await;
 }
+
+/// A provider down when the gateway starts does not stop it: HMAC tokens
+/// work at once, and the provider's tokens as soon as it answers.
+#[tokio::test]
+async fn a_provider_down_at_start_up_is_fetched_once_it_answers() {
+    let k1 = ec_key("k1");
+    let idp = JwksServer::start(Answer::Status(503)).await.unwrap();
+    let env = start_with(
+        &idp,
+        &[
+            "--jwt-jwks-refresh-interval",
+            "1h",
+            "--jwt-jwks-min-refetch-interval",
+            "300ms",
+        ],
+    )
+    .await;
+    assert_eq!(status(&env, &env.token(ALICE)).await, 426, "HMAC portal");
+    assert_eq!(status(&env, &k1.alice()).await, 401, "provider still down");
+    idp.set(set(&[&k1]));
+    let up = eventually(Duration::from_secs(5), async || {
+        status(&env, &k1.alice()).await == 426
+    })
+    .await;
+    assert!(up, "the provider's keys were never fetched");
+}

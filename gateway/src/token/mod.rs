@@ -33,6 +33,7 @@ pub mod keys;
 pub mod mint;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -199,6 +200,9 @@ pub struct TokenVerifier {
     settings: TokenSettings,
     issuers: Vec<Issuer>,
     cache: moka::future::Cache<TokenDigest, Arc<Claims>>,
+    /// Bumped whenever keys change, so a verification that raced a key
+    /// removal does not leave its result in the cache.
+    key_generation: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -339,6 +343,7 @@ impl TokenVerifier {
             settings,
             issuers,
             cache,
+            key_generation: std::sync::atomic::AtomicU64::new(0),
             metrics,
         })
     }
@@ -359,12 +364,24 @@ impl TokenVerifier {
             return Ok(claims);
         }
         self.metrics.token_cache_misses.inc();
+        let generation = self.key_generation.load(Ordering::SeqCst);
         let claims = Arc::new(self.verify_uncached(token).await?);
         if !alive(claims.exp) {
             return Err(TokenError::Expired);
         }
         self.cache.insert(key, claims.clone()).await;
+        // Keys changed meanwhile: the next use checks the token again.
+        if self.key_generation.load(Ordering::SeqCst) != generation {
+            self.cache.invalidate(&key).await;
+        }
         Ok(claims)
+    }
+
+    /// After any change of keys: tokens verified with a removed key must be
+    /// checked again.
+    fn keys_changed(&self) {
+        self.key_generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
     }
 
     /// The issuer a token claims to come from: the one naming its `iss`,
@@ -399,15 +416,15 @@ impl TokenVerifier {
         };
 
         let mut sets = issuer.key_sets();
+        // Nothing fetched yet (the provider was down at start-up).
+        let remote_empty = issuer.remote.as_ref().is_some_and(|r| r.keys().is_empty());
         let needs_fetch = match select(&sets, &header) {
             Selection::UnknownKid => true,
-            // Nothing fetched yet (provider down at start-up).
-            Selection::Keys(keys) => keys.is_empty() && sets.iter().all(|s| s.is_empty()),
+            Selection::Keys(keys) => keys.is_empty() && remote_empty,
         };
         if needs_fetch && let Some(remote) = &issuer.remote {
             if remote.refresh().await == Refresh::Changed {
-                // Tokens verified with a removed key must be checked again.
-                self.cache.invalidate_all();
+                self.keys_changed();
             }
             sets = issuer.key_sets();
         }
@@ -460,8 +477,7 @@ impl TokenVerifier {
                         *slot = Arc::new(keys);
                     }
                 }
-                // Tokens verified with a removed key must be checked again.
-                self.cache.invalidate_all();
+                self.keys_changed();
                 tracing::info!("token keys reloaded");
             }
             Err(e) => {
@@ -503,7 +519,7 @@ impl TokenVerifier {
                 let verifier = Arc::downgrade(self);
                 tasks.push(Box::pin(remote.clone().run_schedule(move || {
                     if let Some(v) = verifier.upgrade() {
-                        v.cache.invalidate_all();
+                        v.keys_changed();
                     }
                 })));
             }
