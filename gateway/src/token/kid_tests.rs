@@ -475,3 +475,33 @@ async fn the_user_claim_decides_the_user() {
             .is_ok()
     );
 }
+
+/// Keys a token brings along (`jwk`, `jku`, `x5u` headers) are never used:
+/// an attacker's own key, embedded and named, verifies nothing.
+#[tokio::test]
+async fn keys_in_the_token_header_are_ignored() {
+    let f = fixture();
+    let v = TokenVerifier::new(
+        TokenSettings {
+            algorithms: vec![Algorithm::ES256],
+            public_key_files: vec![f.file(Some("ec"), "ec.pub")],
+            ..TokenSettings::default()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let attacker = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let attacker = EncodingKey::from_ec_pem(attacker.serialize_pem().as_bytes()).unwrap();
+    for kid in [None, Some("ec"), Some("attacker")] {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_string);
+        let mut jwk = Jwk::from_encoding_key(&attacker, Algorithm::ES256).unwrap();
+        jwk.common.key_id = kid.map(str::to_string);
+        header.jwk = Some(jwk);
+        header.jku = Some("https://attacker.example/jwks".into());
+        header.x5u = Some("https://attacker.example/cert".into());
+        let token = jsonwebtoken::encode(&header, &claims(), &attacker).unwrap();
+        assert!(!accepted(&v, &token).await, "{kid:?}");
+    }
+    assert!(accepted(&v, &sign(Algorithm::ES256, Some("ec"), &f.ec)).await);
+}
