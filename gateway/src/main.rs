@@ -1,5 +1,6 @@
 //! `labgate-gateway`: parses flags, sets up logging, runs the gateway until
-//! SIGTERM or SIGINT, then drains. Everything else lives in the library.
+//! SIGTERM or SIGINT, then drains; or, as `labgate-gateway token`, prints a
+//! token (see `token::mint`). Everything else lives in the library.
 
 use std::process::ExitCode;
 
