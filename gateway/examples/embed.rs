@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
             audiences: vec!["labgate".into()],
             leeway: Duration::from_secs(30),
             cache_capacity: 1000,
+            ..TokenSettings::default()
         },
         metrics.clone(),
     )?);

@@ -13,7 +13,7 @@ use jsonwebtoken::Algorithm;
 use crate::server::Settings;
 use crate::sessions::Limits;
 use crate::splice::SpliceSettings;
-use crate::token::{KeyFile, TokenSettings};
+use crate::token::{ClaimPath, JwksSettings, KeyFile, TokenSettings};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,9 +108,51 @@ pub struct Config {
     )]
     pub jwt_allow_any_audience: bool,
 
-    /// Clock-skew allowance for `exp` and `nbf`.
+    /// Clock-skew allowance for `nbf` (`exp` gets none).
     #[arg(long, env = "LABGATE_GATEWAY_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwt_leeway: Duration,
+
+    /// JWK set of the token issuer at an HTTPS URL (an OIDC provider's
+    /// `jwks_uri`), cached and refetched; only keys fitting --jwt-algorithms
+    /// are used.
+    #[arg(long, env = "LABGATE_GATEWAY_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<http::Uri>,
+
+    /// CA bundle (PEM) trusted for --jwt-jwks-url instead of the system's roots.
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_JWT_JWKS_CA_FILE",
+        requires = "jwt_jwks_url"
+    )]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
+
+    /// JWK set in a file (reloaded when it changes).
+    #[arg(long, env = "LABGATE_GATEWAY_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// How often remote JWK sets are refetched.
+    #[arg(long, env = "LABGATE_GATEWAY_JWT_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwt_jwks_refresh_interval: Duration,
+
+    /// Least time between two fetches of one JWK set, whatever asks (the
+    /// schedule, or a token naming an unknown `kid`).
+    #[arg(long, env = "LABGATE_GATEWAY_JWT_JWKS_MIN_REFETCH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_jwks_min_refetch_interval: Duration,
+
+    /// Deadline of one JWK set fetch (connect, TLS, answer, body).
+    #[arg(long, env = "LABGATE_GATEWAY_JWT_JWKS_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwt_jwks_timeout: Duration,
+
+    /// YAML file of further issuers, each with its own keys, audiences and
+    /// user claim (see README, Tokens). Read at start-up.
+    #[arg(long, env = "LABGATE_GATEWAY_JWT_ISSUERS_FILE")]
+    pub jwt_issuers_file: Option<PathBuf>,
+
+    /// The claim naming the user: `sub`, `email`, `preferred_username`, or a
+    /// dotted path into nested claims (`realm.user`). Must be a non-empty
+    /// string in the token.
+    #[arg(long, env = "LABGATE_GATEWAY_JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: ClaimPath,
 
     /// Verified tokens kept in memory.
     #[arg(
@@ -278,12 +320,33 @@ impl Config {
                     .into(),
             );
         }
-        if self.jwt_hmac_secret_file.is_empty() && self.jwt_public_key_file.is_empty() {
+        let plain_keys = !self.jwt_hmac_secret_file.is_empty()
+            || !self.jwt_public_key_file.is_empty()
+            || self.jwt_jwks_url.is_some()
+            || self.jwt_jwks_file.is_some();
+        if !plain_keys && self.jwt_issuers_file.is_none() {
             return Err(
-                "no token keys: pass --jwt-hmac-secret-file and/or --jwt-public-key-file".into(),
+                "no token keys: pass --jwt-hmac-secret-file, --jwt-public-key-file, \
+                 --jwt-jwks-url, --jwt-jwks-file and/or --jwt-issuers-file"
+                    .into(),
             );
         }
-        if self.jwt_audience.is_empty() && !self.jwt_allow_any_audience {
+        if let Some(url) = &self.jwt_jwks_url
+            && url.scheme() != Some(&http::uri::Scheme::HTTPS)
+        {
+            return Err("--jwt-jwks-url must be an https:// URL".into());
+        }
+        if self.jwt_jwks_min_refetch_interval.is_zero()
+            || self.jwt_jwks_refresh_interval < self.jwt_jwks_min_refetch_interval
+            || self.jwt_jwks_timeout.is_zero()
+        {
+            return Err(
+                "--jwt-jwks-min-refetch-interval and --jwt-jwks-timeout must be positive and \
+                 --jwt-jwks-refresh-interval at least --jwt-jwks-min-refetch-interval"
+                    .into(),
+            );
+        }
+        if plain_keys && self.jwt_audience.is_empty() && !self.jwt_allow_any_audience {
             return Err(
                 "no token audience: pass --jwt-audience (the `aud` your portal signs for the \
                  gateway), or --jwt-allow-any-audience if the key signs tokens for nothing else"
@@ -307,16 +370,34 @@ impl Config {
     }
 
     /// Token verification settings.
-    pub fn token_settings(&self) -> TokenSettings {
-        TokenSettings {
+    ///
+    /// # Errors
+    /// When the issuers file cannot be read or is invalid.
+    pub fn token_settings(&self) -> Result<TokenSettings, crate::token::KeyError> {
+        let more_issuers = match &self.jwt_issuers_file {
+            Some(path) => crate::token::issuers::load_file(path)?,
+            None => vec![],
+        };
+        Ok(TokenSettings {
             algorithms: self.jwt_algorithms.clone(),
             hmac_secret_files: self.jwt_hmac_secret_file.clone(),
             public_key_files: self.jwt_public_key_file.clone(),
+            jwks_file: self.jwt_jwks_file.clone(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            jwks_ca_file: self.jwt_jwks_ca_file.clone(),
             issuers: self.jwt_issuer.clone(),
             audiences: self.jwt_audience.clone(),
+            more_issuers,
+            user_claim: self.jwt_user_claim.clone(),
             leeway: self.jwt_leeway,
             cache_capacity: self.token_cache_size,
-        }
+            jwks: JwksSettings {
+                refresh_interval: self.jwt_jwks_refresh_interval,
+                min_refetch_interval: self.jwt_jwks_min_refetch_interval,
+                timeout: self.jwt_jwks_timeout,
+                ..JwksSettings::default()
+            },
+        })
     }
 
     /// Which namespaces may be labs and how stale the index may grow.

@@ -15,7 +15,10 @@
 //! - [`respond`]: the websocket handshake answer and small response bodies.
 //! - [`route`]: `/labs/{namespace}/{vmi}/{kind}` parsing and name validation.
 //! - [`credentials`]: where the token comes from; subprotocol negotiation.
-//! - [`token`]: JWT verification with pinned algorithms, key files and a cache.
+//! - [`token`]: JWT verification with pinned algorithms and a cache; the `kid` rule.
+//!   [`token::keys`] (key files, algorithm binding), [`token::jwks`] (JWK sets, refetch),
+//!   [`token::issuers`] (several issuers), [`token::claims`] (the user claim),
+//!   [`token::mint`] (the `token` command).
 //! - [`index`]: the lab-ownership index (exempt namespaces, malformed labs, staleness).
 //! - [`namespace_watch`]: the list+watch loop feeding the index: re-watch and relist at once,
 //!   backoff only for errors.
@@ -157,21 +160,14 @@ async fn serve(
 
     let metrics = Arc::new(Metrics::new());
     let verifier = Arc::new(TokenVerifier::new(
-        config.token_settings(),
+        config.token_settings()?,
         metrics.clone(),
     )?);
     // Background tasks end when this set is dropped (when `run` returns).
     let mut background = tokio::task::JoinSet::new();
-    {
-        let verifier = verifier.clone();
-        let interval = config.reload_interval;
-        background.spawn(async move {
-            let mut stamps = verifier.key_file_stamps();
-            loop {
-                tokio::time::sleep(interval).await;
-                verifier.reload_if_changed(&mut stamps).await;
-            }
-        });
+    // Key file reload and JWKS refetches.
+    for task in verifier.background_tasks(config.reload_interval) {
+        background.spawn(task);
     }
 
     let index = LabIndex::with_policy(metrics.clone(), config.index_policy());

@@ -1,18 +1,45 @@
 //! `labgate-gateway`: parses flags, sets up logging, runs the gateway until
-//! SIGTERM or SIGINT, then drains. Everything else lives in the library.
+//! SIGTERM or SIGINT, then drains; or, as `labgate-gateway token`, prints a
+//! token (see `token::mint`). Everything else lives in the library.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use labgate_gateway::Config;
 use labgate_gateway::config::LogFormat;
+use labgate_gateway::token::mint::{MintArgs, MintError, mint};
 
 /// Exit code for bad usage (sysexits.h EX_USAGE).
 const EX_USAGE: u8 = 64;
 
+/// The gateway's flags, or a subcommand instead of the server.
+#[derive(Parser)]
+#[command(
+    name = "labgate-gateway",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a signed token for a user (for operators and scripts).
+    Token(MintArgs),
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Token(args)) = cli.command {
+        return token_command(&args);
+    }
+    let config = cli.config;
     init_tracing(&config);
     if let Err(e) = config.validate() {
         eprintln!("labgate-gateway: {e}");
@@ -23,6 +50,28 @@ async fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "labgate-gateway failed");
             eprintln!("labgate-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `labgate-gateway token`: the token on stdout, nothing else.
+fn token_command(args: &MintArgs) -> ExitCode {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match mint(args, now) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ MintError::Usage(_)) => {
+            eprintln!("labgate-gateway token: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("labgate-gateway token: {e}");
             ExitCode::FAILURE
         }
     }

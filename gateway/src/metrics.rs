@@ -34,6 +34,10 @@ pub struct Metrics {
     pub token_cache_hits: IntCounter,
     /// Token cache misses.
     pub token_cache_misses: IntCounter,
+    /// Remote JWKS fetches by result (ok, error, invalid, rate_limited).
+    pub jwks_refetches: IntCounterVec,
+    /// Keys in use from each issuer's remote JWKS.
+    pub jwks_keys: IntGaugeVec,
 }
 
 impl Metrics {
@@ -122,6 +126,24 @@ impl Metrics {
             "Token verifications that checked the signature.",
         )
         .expect("valid metric");
+        let jwks_refetches = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_jwks_refetches_total",
+                "Remote JWKS fetches by result: ok, error (unreachable, timeout, non-200), invalid \
+                 (unparsable or no usable key; the last good keys stay), rate_limited (asked \
+                 too soon after the previous fetch, so not sent).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new(
+                "labgate_gateway_jwks_keys",
+                "Keys in use from an issuer's remote JWKS (the last good set).",
+            ),
+            &["issuer"],
+        )
+        .expect("valid metric");
 
         for c in [
             Box::new(active_sessions.clone()) as Box<dyn prometheus::core::Collector>,
@@ -135,6 +157,8 @@ impl Metrics {
             Box::new(index_stale_seconds.clone()),
             Box::new(token_cache_hits.clone()),
             Box::new(token_cache_misses.clone()),
+            Box::new(jwks_refetches.clone()),
+            Box::new(jwks_keys.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -154,6 +178,9 @@ impl Metrics {
         ] {
             index_malformed_labs.with_label_values(&[reason]);
         }
+        for result in ["ok", "error", "invalid", "rate_limited"] {
+            jwks_refetches.with_label_values(&[result]);
+        }
         Metrics {
             registry,
             active_sessions,
@@ -167,6 +194,8 @@ impl Metrics {
             index_stale_seconds,
             token_cache_hits,
             token_cache_misses,
+            jwks_refetches,
+            jwks_keys,
         }
     }
 

@@ -83,6 +83,20 @@ VALUE_SETS = {
         },
         "admission": {"portal": {"users": ["system:serviceaccount:portal:portal"], "groups": ["portal-admins"]}},
     },
+    "jwks-idp": {
+        "gateway": {
+            "tls": {"existingSecret": "labgate-gateway-tls"},
+            "jwt": {
+                "algorithms": ["RS256", "ES256"],
+                "jwksUrl": "https://idp.example.org/realms/labs/protocol/openid-connect/certs",
+                "existingSecret": "idp-ca",
+                "jwksCaFile": "ca.pem",
+                "jwksRefreshInterval": "10m",
+                "userClaim": "preferred_username",
+            },
+        },
+        "admission": PORTAL,
+    },
     "strict-egress": {
         "gateway": {
             "tls": {"mode": "none"},
@@ -256,6 +270,16 @@ def test_gateway_flags_follow_the_values(rendered):
         assert f"{flag}={prefix}/etc/labgate/jwt/{key['file']}" in args, args
     audiences = jwt.get("audiences", ["labgate"])
     assert f"--jwt-audience={','.join(audiences)}" in args
+    assert f"--jwt-user-claim={jwt.get('userClaim', 'sub')}" in args
+    if jwt.get("jwksUrl"):
+        assert f"--jwt-jwks-url={jwt['jwksUrl']}" in args
+        assert f"--jwt-jwks-refresh-interval={jwt.get('jwksRefreshInterval', '5m')}" in args
+    else:
+        assert not any(a.startswith("--jwt-jwks") for a in args), args
+    if jwt.get("jwksCaFile"):
+        assert f"--jwt-jwks-ca-file=/etc/labgate/jwt/{jwt['jwksCaFile']}" in args
+        gw = deployment(objects, "gateway")["spec"]["template"]["spec"]
+        assert {"name": "jwt", "secret": {"secretName": jwt["existingSecret"]}} in gw["volumes"]
     if values["gateway"]["tls"].get("mode") == "none":
         assert "--insecure-plain-http" in args and not any(a.startswith("--tls-") for a in args)
     else:
@@ -367,6 +391,9 @@ def test_values_reject_typos_and_wrong_types():
         {"admission": {"egress": "open"}},
         {"gateway": {"jwt": {"algorithms": ["none"]}}},
         {"gateway": {"jwt": {"keys": [{"file": "../etc/passwd", "type": "public"}]}}},
+        {"gateway": {"jwt": {"jwksUrl": "http://idp.example.org/certs"}}},
+        {"gateway": {"jwt": {"jwksCaFile": "../ca.pem"}}},
+        {"gateway": {"jwt": {"userClaim": ""}}},
         {"metrics": {"prometheusRule": {"enable": True}}},
     ):
         with pytest.raises(helm.HelmValuesError):
@@ -380,6 +407,7 @@ def test_missing_required_choices_fail_with_a_clear_message():
         ({"gateway": {"jwt": {"keys": [], "existingSecret": ""}}}, "at least one key"),
         ({"gateway": {"tls": {"existingSecret": ""}}}, "gateway.tls.existingSecret"),
         ({"gateway": {"jwt": {"audiences": []}}}, "allowAnyAudience"),
+        ({"gateway": {"jwt": {"jwksCaFile": "ca.pem", "jwksUrl": "https://idp/certs", "keys": [], "existingSecret": ""}}}, "jwksCaFile"),
     ]
     for override, message in cases:
         values = merge(copy.deepcopy(VALUE_SETS["defaults"]), override)

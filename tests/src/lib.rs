@@ -7,10 +7,12 @@
 //! - [`standin`]: the API server ([`standin::StandIn`]): TLS + bearer auth, generic object store
 //!   with list/watch (resourceVersion, 410, bookmarks, selector transitions), create/replace/patch/
 //!   delete with NamespaceLifecycle and an admission hook, and KubeVirt `vnc`/`console` websockets.
+//! - [`idp`]: an identity provider's JWKS endpoint over HTTPS ([`idp::JwksServer`]), counting fetches.
 //! - [`promtool`]: `promtool check metrics` on an exposition.
 //! - [`upstreams`]: [`upstreams::Xvnc`] and [`upstreams::SerialConsole`] processes, killed on drop.
 
 pub mod certs;
+pub mod idp;
 pub mod promtool;
 pub mod standin;
 pub mod upstreams;

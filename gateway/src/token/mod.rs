@@ -1,51 +1,51 @@
-//! Verifying the JWTs that portals hand to students.
+//! Verifying the JWTs that portals and identity providers hand to students.
 //!
 //! Algorithms are pinned by configuration: the token header may only pick
 //! among them, never widen them, and `none` cannot be configured at all.
-//! Keys come from files (HMAC secrets or RSA/EC/Ed25519 public keys in PEM),
-//! optionally named by `kid`, and are reloaded when the files change.
-//! Verified tokens are cached (bounded, each entry dropped no later than the
-//! token's `exp`), so a reconnecting noVNC does not pay for RSA again. The
-//! cache is keyed by the token's SHA-256, so no token is kept in memory.
+//! Keys come from files (HMAC secrets or RSA/EC/Ed25519 public keys in PEM,
+//! [`keys`]) and JWK sets (a file or an HTTPS URL, [`jwks`]), for one or
+//! several issuers ([`issuers`]); which claim names the user is configurable
+//! ([`claims`]). Verified tokens are cached (bounded, each entry dropped no
+//! later than the token's `exp`), so a reconnecting noVNC does not pay for
+//! RSA again. The cache is keyed by the token's SHA-256, so no token is kept
+//! in memory. [`mint`] makes tokens for operators and scripts.
+//!
+//! # The `kid` rule
+//! A token's header is untrusted; it may *select* a key, never *widen* the
+//! set of keys tried:
+//! - The token's `iss` picks one issuer; only that issuer's keys are tried.
+//! - Every key is bound to algorithms: its family's pinned algorithms (a PEM
+//!   key, an HMAC secret) or, for a JWK naming its `alg`, exactly that one.
+//!   A key is only tried for a token whose `alg` it is bound to.
+//! - A token **with** `kid` K is checked only against the keys named K. If the
+//!   issuer has no key named K, its remote JWKS (if any) is refetched once
+//!   (rate-limited); still none, and the token is refused. Keys configured
+//!   **without** a `kid` are never tried for it, nor are keys named otherwise:
+//!   no fallback to "every key".
+//! - A token **without** `kid` is checked against the issuer's keys bound to
+//!   its `alg`, named or not (the portal does not know names; trying the keys
+//!   the operator trusts for that algorithm gives a forger nothing).
+
+pub mod claims;
+pub mod issuers;
+pub mod jwks;
+pub mod keys;
+pub mod mint;
 
 use std::path::PathBuf;
-use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, Header, Validation};
+
+pub use claims::{ClaimPath, Claims};
+pub use issuers::IssuerSettings;
+pub use jwks::{JwksSettings, Refresh, RemoteJwks};
+pub use keys::{KeyError, KeyFile, LoadedKey, MIN_HMAC_SECRET};
 
 use crate::metrics::Metrics;
 use crate::reload::FileStamps;
-
-/// A key file, optionally named by the `kid` tokens use to pick it
-/// (`kid=path` on the command line, or just `path`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyFile {
-    /// The `kid` header value that selects this key, if any.
-    pub kid: Option<String>,
-    /// PEM file (public keys) or raw secret file (HMAC).
-    pub path: PathBuf,
-}
-
-impl FromStr for KeyFile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once('=') {
-            Some((kid, path)) if !kid.is_empty() && !path.is_empty() => Ok(KeyFile {
-                kid: Some(kid.to_string()),
-                path: path.into(),
-            }),
-            Some(_) => Err(format!("expected kid=path or path, got {s:?}")),
-            None if s.is_empty() => Err("empty key file path".into()),
-            None => Ok(KeyFile {
-                kid: None,
-                path: s.into(),
-            }),
-        }
-    }
-}
 
 /// How tokens are checked.
 #[derive(Debug, Clone)]
@@ -56,32 +56,69 @@ pub struct TokenSettings {
     pub hmac_secret_files: Vec<KeyFile>,
     /// RSA, EC or Ed25519 public keys in PEM.
     pub public_key_files: Vec<KeyFile>,
+    /// A JWK set on disk, reloaded when it changes.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWK set at an HTTPS URL, cached and refetched.
+    pub jwks_url: Option<http::Uri>,
+    /// CA bundle for `jwks_url`; the system's roots without it.
+    pub jwks_ca_file: Option<PathBuf>,
     /// Accepted `iss` values; when set, `iss` is required.
     pub issuers: Vec<String>,
     /// Accepted `aud` values; when set, `aud` is required.
     pub audiences: Vec<String>,
+    /// Further issuers, each with its own keys and audiences.
+    pub more_issuers: Vec<IssuerSettings>,
+    /// The claim naming the user (issuers may override it).
+    pub user_claim: ClaimPath,
     /// Clock-skew allowance for `nbf` only (`exp` gets none: a session must be able to live).
     pub leeway: Duration,
     /// Maximum number of verified tokens kept in the cache.
     pub cache_capacity: u64,
+    /// Remote JWKS fetching.
+    pub jwks: JwksSettings,
 }
 
-/// The claims labgate reads. Unknown claims are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Claims {
-    /// The user id; must match the lab's owner or a member.
-    pub sub: String,
-    /// Expiry, seconds since the epoch.
-    pub exp: u64,
-    /// Optional scope: the only lab namespace this token opens.
-    #[serde(default)]
-    pub lab: Option<String>,
-    /// Optional scope: the only VMI this token opens.
-    #[serde(default)]
-    pub vmi: Option<String>,
-    /// Optional scope: `vnc` or `console` only.
-    #[serde(default)]
-    pub kind: Option<String>,
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            algorithms: vec![Algorithm::HS256],
+            hmac_secret_files: vec![],
+            public_key_files: vec![],
+            jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            issuers: vec![],
+            audiences: vec![],
+            more_issuers: vec![],
+            user_claim: ClaimPath::default(),
+            leeway: Duration::from_secs(30),
+            cache_capacity: 10_000,
+            jwks: JwksSettings::default(),
+        }
+    }
+}
+
+impl TokenSettings {
+    /// The issuer the plain flags describe (if they configure keys), then
+    /// the further issuers.
+    fn all_issuers(&self) -> Vec<IssuerSettings> {
+        let plain = IssuerSettings {
+            issuers: self.issuers.clone(),
+            audiences: self.audiences.clone(),
+            hmac_secret_files: self.hmac_secret_files.clone(),
+            public_key_files: self.public_key_files.clone(),
+            jwks_file: self.jwks_file.clone(),
+            jwks_url: self.jwks_url.clone(),
+            jwks_ca_file: self.jwks_ca_file.clone(),
+            user_claim: None,
+        };
+        plain
+            .has_keys()
+            .then_some(plain)
+            .into_iter()
+            .chain(self.more_issuers.iter().cloned())
+            .collect()
+    }
 }
 
 /// Why a token was refused.
@@ -93,44 +130,79 @@ pub enum TokenError {
     Expired,
 }
 
-/// Errors loading keys (at start-up or reload).
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("reading key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("key file {path} is not an RSA, EC or Ed25519 public key in PEM")]
-    NotAPublicKey { path: PathBuf },
-    #[error("algorithm {0:?} is configured but no key of its family is")]
-    NoKeyFor(Algorithm),
-    #[error("no token algorithms configured")]
-    NoAlgorithms,
-    #[error(
-        "HMAC secret in {path} is {len} bytes; at least {MIN_HMAC_SECRET} are needed (RFC 7518 3.2), \
-         e.g. `head -c 32 /dev/urandom > {path}`",
-        path = path.display()
-    )]
-    WeakSecret { path: PathBuf, len: usize },
-    #[error(
-        "{path} looks like a PEM file, not an HMAC secret; public keys go in --jwt-public-key-file",
-        path = path.display()
-    )]
-    PemAsSecret { path: PathBuf },
+/// One issuer at run time: its settings, file keys and remote set.
+struct Issuer {
+    settings: IssuerSettings,
+    user_claim: ClaimPath,
+    label: String,
+    file_keys: RwLock<Arc<Vec<LoadedKey>>>,
+    remote: Option<Arc<RemoteJwks>>,
 }
 
-struct LoadedKey {
-    kid: Option<String>,
-    family: AlgorithmFamily,
-    key: DecodingKey,
+impl Issuer {
+    fn key_sets(&self) -> Vec<Arc<Vec<LoadedKey>>> {
+        let mut sets = vec![self.file_keys.read().map(|k| k.clone()).unwrap_or_default()];
+        if let Some(remote) = &self.remote {
+            sets.push(remote.keys());
+        }
+        sets
+    }
+
+    fn validation(&self, alg: Algorithm, leeway: Duration) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = leeway.as_secs();
+        validation.validate_nbf = true;
+        // `exp` is checked by `alive`, without leeway: the session ends at
+        // `exp`, so a token admitted past it could only kick the current
+        // viewer off the VM and die (see `verify`).
+        validation.validate_exp = false;
+        // The user claim is checked by `Claims::from_payload`.
+        validation.set_required_spec_claims(&["exp"]);
+        if self.settings.issuers.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&self.settings.issuers);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if self.settings.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.settings.audiences);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        validation
+    }
+}
+
+/// The keys a token may be checked against, by the `kid` rule (module docs).
+enum Selection<'k> {
+    Keys(Vec<&'k LoadedKey>),
+    /// The token names a `kid` no key of the issuer has.
+    UnknownKid,
+}
+
+fn select<'k>(sets: &'k [Arc<Vec<LoadedKey>>], header: &Header) -> Selection<'k> {
+    let all = sets.iter().flat_map(|s| s.iter());
+    match header.kid.as_deref() {
+        Some(kid) => {
+            let named: Vec<&LoadedKey> = all.filter(|k| k.kid.as_deref() == Some(kid)).collect();
+            if named.is_empty() {
+                return Selection::UnknownKid;
+            }
+            Selection::Keys(named.into_iter().filter(|k| k.allows(header.alg)).collect())
+        }
+        None => Selection::Keys(all.filter(|k| k.allows(header.alg)).collect()),
+    }
 }
 
 /// Verifies tokens; cheap to share behind an `Arc`.
 pub struct TokenVerifier {
     settings: TokenSettings,
-    keys: RwLock<Arc<Vec<LoadedKey>>>,
+    issuers: Vec<Issuer>,
     cache: moka::future::Cache<TokenDigest, Arc<Claims>>,
+    /// Bumped whenever keys change, so a verification that raced a key
+    /// removal does not leave its result in the cache.
+    key_generation: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -170,22 +242,108 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// A header value shortened for a log line (it is attacker-chosen).
+fn loggable(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
+fn load_file_keys(
+    issuer: &IssuerSettings,
+    pinned: &[Algorithm],
+) -> Result<Vec<LoadedKey>, KeyError> {
+    let mut keys = keys::load_files(&issuer.hmac_secret_files, &issuer.public_key_files, pinned)?;
+    if let Some(path) = &issuer.jwks_file {
+        keys.extend(jwks::load_file(path, pinned)?);
+    }
+    Ok(keys)
+}
+
 impl TokenVerifier {
-    /// Loads the keys and builds the verifier.
+    /// Loads the keys and builds the verifier. Remote key sets are not
+    /// fetched yet: [`TokenVerifier::background_tasks`] does that (and a
+    /// token naming an unknown `kid` triggers a fetch too).
     ///
     /// # Errors
-    /// [`KeyError`] when a key file cannot be read or parsed, or an algorithm
-    /// has no key of its family.
+    /// [`KeyError`] when a key file cannot be read or parsed, an algorithm
+    /// has no key of its family, a JWKS URL is not HTTPS, or two issuers
+    /// share a name.
     pub fn new(settings: TokenSettings, metrics: Arc<Metrics>) -> Result<TokenVerifier, KeyError> {
-        let keys = load_keys(&settings)?;
+        if settings.algorithms.is_empty() {
+            return Err(KeyError::NoAlgorithms);
+        }
+        let all = settings.all_issuers();
+        if all.is_empty() {
+            return Err(KeyError::Config(
+                "no token keys: pass --jwt-hmac-secret-file, --jwt-public-key-file, \
+                 --jwt-jwks-url, --jwt-jwks-file or --jwt-issuers-file"
+                    .into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for name in all.iter().flat_map(|i| &i.issuers) {
+            if !seen.insert(name) {
+                return Err(KeyError::Config(format!(
+                    "issuer {name:?} is configured twice; each issuer has one set of keys"
+                )));
+            }
+        }
+        if all.iter().filter(|i| i.issuers.is_empty()).count() > 1 {
+            return Err(KeyError::Config(
+                "only one issuer may accept any `iss`".into(),
+            ));
+        }
+        let mut issuers = Vec::new();
+        for s in all {
+            let label = s.label();
+            let remote = match &s.jwks_url {
+                Some(url) => Some(Arc::new(RemoteJwks::new(
+                    url.clone(),
+                    s.jwks_ca_file.as_deref(),
+                    label.clone(),
+                    settings.jwks.clone(),
+                    settings.algorithms.clone(),
+                    metrics.clone(),
+                )?)),
+                None => None,
+            };
+            issuers.push(Issuer {
+                file_keys: RwLock::new(Arc::new(load_file_keys(&s, &settings.algorithms)?)),
+                user_claim: s
+                    .user_claim
+                    .clone()
+                    .unwrap_or_else(|| settings.user_claim.clone()),
+                label,
+                remote,
+                settings: s,
+            });
+        }
+        // A pinned algorithm without any key is a configuration mistake,
+        // unless a remote set (not fetched yet) may bring one.
+        if !issuers.iter().any(|i| i.remote.is_some()) {
+            for alg in &settings.algorithms {
+                let has_key = issuers.iter().any(|i| {
+                    i.file_keys
+                        .read()
+                        .map(|k| k.iter().any(|k| k.allows(*alg)))
+                        .unwrap_or(false)
+                });
+                if !has_key {
+                    return Err(KeyError::NoKeyFor(*alg));
+                }
+            }
+        }
         let cache = moka::future::Cache::builder()
             .max_capacity(settings.cache_capacity)
             .expire_after(UntilExpiry)
             .build();
         Ok(TokenVerifier {
             settings,
-            keys: RwLock::new(Arc::new(keys)),
+            issuers,
             cache,
+            key_generation: std::sync::atomic::AtomicU64::new(0),
             metrics,
         })
     }
@@ -206,71 +364,120 @@ impl TokenVerifier {
             return Ok(claims);
         }
         self.metrics.token_cache_misses.inc();
-        let claims = Arc::new(self.verify_uncached(token)?);
+        let generation = self.key_generation.load(Ordering::SeqCst);
+        let claims = Arc::new(self.verify_uncached(token).await?);
         if !alive(claims.exp) {
             return Err(TokenError::Expired);
         }
         self.cache.insert(key, claims.clone()).await;
+        // Keys changed meanwhile: the next use checks the token again.
+        if self.key_generation.load(Ordering::SeqCst) != generation {
+            self.cache.invalidate(&key).await;
+        }
         Ok(claims)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<Claims, TokenError> {
+    /// After any change of keys: tokens verified with a removed key must be
+    /// checked again.
+    fn keys_changed(&self) {
+        self.key_generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+    }
+
+    /// The issuer a token claims to come from: the one naming its `iss`,
+    /// else the one accepting any `iss`.
+    fn issuer_for(&self, iss: Option<&str>) -> Option<&Issuer> {
+        iss.and_then(|iss| {
+            self.issuers
+                .iter()
+                .find(|i| i.settings.issuers.iter().any(|n| n == iss))
+        })
+        .or_else(|| self.issuers.iter().find(|i| i.settings.issuers.is_empty()))
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Claims, TokenError> {
         // The header is untrusted: it may only choose among pinned algorithms.
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if !self.settings.algorithms.contains(&header.alg) {
+            tracing::debug!(alg = ?header.alg, "token refused: algorithm not pinned");
             return Err(TokenError::Invalid);
         }
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.settings.leeway.as_secs();
-        validation.validate_nbf = true;
-        // `exp` is checked by `alive`, without leeway: the session ends at
-        // `exp`, so a token admitted past it could only kick the current
-        // viewer off the VM and die (see `verify`).
-        validation.validate_exp = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if self.settings.issuers.is_empty() {
-            validation.iss = None;
-        } else {
-            validation.set_issuer(&self.settings.issuers);
-            validation.required_spec_claims.insert("iss".into());
+        // Routing only: the chosen issuer's validation checks `iss` again.
+        #[derive(serde::Deserialize)]
+        struct Iss {
+            iss: Option<serde_json::Value>,
         }
-        if self.settings.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.settings.audiences);
-            validation.required_spec_claims.insert("aud".into());
-        }
+        let iss = jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token)
+            .map_err(|_| TokenError::Invalid)?
+            .iss;
+        let Some(issuer) = self.issuer_for(iss.as_ref().and_then(|v| v.as_str())) else {
+            tracing::debug!("token refused: no configured issuer has its `iss`");
+            return Err(TokenError::Invalid);
+        };
 
-        let keys = self.keys.read().map(|k| k.clone()).unwrap_or_default();
-        let family = header.alg.family();
-        let candidates = keys.iter().filter(|k| {
-            k.family == family
-                && match (&header.kid, &k.kid) {
-                    (Some(wanted), Some(have)) => wanted == have,
-                    (Some(_), None) => false,
-                    (None, _) => true,
-                }
-        });
-        // Another key of the family may still verify the signature.
-        candidates
-            .filter_map(|key| jsonwebtoken::decode::<Claims>(token, &key.key, &validation).ok())
-            .map(|data| data.claims)
-            .next()
-            .ok_or(TokenError::Invalid)
+        let mut sets = issuer.key_sets();
+        // Nothing fetched yet (the provider was down at start-up).
+        let remote_empty = issuer.remote.as_ref().is_some_and(|r| r.keys().is_empty());
+        let needs_fetch = match select(&sets, &header) {
+            Selection::UnknownKid => true,
+            Selection::Keys(keys) => keys.is_empty() && remote_empty,
+        };
+        if needs_fetch && let Some(remote) = &issuer.remote {
+            if remote.refresh().await == Refresh::Changed {
+                self.keys_changed();
+            }
+            sets = issuer.key_sets();
+        }
+        let candidates = match select(&sets, &header) {
+            Selection::Keys(keys) => keys,
+            Selection::UnknownKid => {
+                tracing::debug!(
+                    issuer = %issuer.label,
+                    kid = loggable(header.kid.as_deref().unwrap_or_default()),
+                    "token refused: no key of its issuer has its kid (keys without a kid only check tokens without one)"
+                );
+                return Err(TokenError::Invalid);
+            }
+        };
+        if candidates.is_empty() {
+            tracing::debug!(issuer = %issuer.label, alg = ?header.alg, "token refused: no key of its issuer is bound to its algorithm");
+            return Err(TokenError::Invalid);
+        }
+        let validation = issuer.validation(header.alg, self.settings.leeway);
+        // Another key may still verify the signature (same kid twice during a
+        // rotation, or a token without kid).
+        let payload = candidates
+            .iter()
+            .find_map(|key| {
+                jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation).ok()
+            })
+            .ok_or(TokenError::Invalid)?
+            .claims;
+        Claims::from_payload(&payload, &issuer.user_claim).ok_or_else(|| {
+            tracing::debug!(issuer = %issuer.label, claim = %issuer.user_claim, "token refused: its user claim is missing, empty or not a string, or a scope claim is not a string");
+            TokenError::Invalid
+        })
     }
 
-    /// Reloads keys if their files changed. Keeps the old keys on error.
+    /// Reloads key files (HMAC, PEM, JWKS files) if they changed. Keeps the
+    /// old keys on error.
     pub async fn reload_if_changed(&self, stamps: &mut FileStamps) {
         if !stamps.changed() {
             return;
         }
-        match load_keys(&self.settings) {
-            Ok(keys) => {
-                if let Ok(mut slot) = self.keys.write() {
-                    *slot = Arc::new(keys);
+        let loaded: Result<Vec<_>, KeyError> = self
+            .issuers
+            .iter()
+            .map(|i| load_file_keys(&i.settings, &self.settings.algorithms))
+            .collect();
+        match loaded {
+            Ok(all) => {
+                for (issuer, keys) in self.issuers.iter().zip(all) {
+                    if let Ok(mut slot) = issuer.file_keys.write() {
+                        *slot = Arc::new(keys);
+                    }
                 }
-                // Tokens verified with a removed key must be checked again.
-                self.cache.invalidate_all();
+                self.keys_changed();
                 tracing::info!("token keys reloaded");
             }
             Err(e) => {
@@ -281,90 +488,55 @@ impl TokenVerifier {
 
     /// Stamps of every key file, for [`TokenVerifier::reload_if_changed`].
     pub fn key_file_stamps(&self) -> FileStamps {
-        FileStamps::new(
-            self.settings
+        FileStamps::new(self.issuers.iter().flat_map(|i| {
+            i.settings
                 .hmac_secret_files
                 .iter()
-                .chain(&self.settings.public_key_files)
-                .map(|k| k.path.clone()),
-        )
+                .chain(&i.settings.public_key_files)
+                .map(|k| k.path.clone())
+                .chain(i.settings.jwks_file.clone())
+        }))
     }
-}
 
-/// The shortest HMAC secret accepted: as long as the SHA-256 output.
-pub const MIN_HMAC_SECRET: usize = 32;
-
-fn load_keys(settings: &TokenSettings) -> Result<Vec<LoadedKey>, KeyError> {
-    if settings.algorithms.is_empty() {
-        return Err(KeyError::NoAlgorithms);
-    }
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.clone(),
-            source,
-        })
-    };
-    let mut keys = Vec::new();
-    for file in &settings.hmac_secret_files {
-        let mut secret = read(&file.path)?;
-        // `echo secret > file` adds a newline that is not part of the secret.
-        if secret.ends_with(b"\n") {
-            secret.pop();
-            if secret.ends_with(b"\r") {
-                secret.pop();
+    /// The loops keeping keys current, to spawn for the verifier's lifetime:
+    /// key file reload every `reload_interval`, and each remote JWKS fetched
+    /// now and then every `--jwt-jwks-refresh-interval`.
+    pub fn background_tasks(
+        self: &Arc<Self>,
+        reload_interval: Duration,
+    ) -> Vec<futures::future::BoxFuture<'static, ()>> {
+        let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+        let verifier = self.clone();
+        tasks.push(Box::pin(async move {
+            let mut stamps = verifier.key_file_stamps();
+            loop {
+                tokio::time::sleep(reload_interval).await;
+                verifier.reload_if_changed(&mut stamps).await;
+            }
+        }));
+        for issuer in &self.issuers {
+            if let Some(remote) = &issuer.remote {
+                let verifier = Arc::downgrade(self);
+                tasks.push(Box::pin(remote.clone().run_schedule(move || {
+                    if let Some(v) = verifier.upgrade() {
+                        v.keys_changed();
+                    }
+                })));
             }
         }
-        // A public key is public: as an HMAC secret, anyone could sign tokens.
-        if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
-            return Err(KeyError::PemAsSecret {
-                path: file.path.clone(),
-            });
-        }
-        // An empty or short secret would let anyone guess it and sign tokens.
-        if secret.len() < MIN_HMAC_SECRET {
-            return Err(KeyError::WeakSecret {
-                path: file.path.clone(),
-                len: secret.len(),
-            });
-        }
-        keys.push(LoadedKey {
-            kid: file.kid.clone(),
-            family: AlgorithmFamily::Hmac,
-            key: DecodingKey::from_secret(&secret),
-        });
+        tasks
     }
-    for file in &settings.public_key_files {
-        let pem = read(&file.path)?;
-        let (family, key) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-            (AlgorithmFamily::Rsa, k)
-        } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-            (AlgorithmFamily::Ec, k)
-        } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
-            (AlgorithmFamily::Ed, k)
-        } else {
-            return Err(KeyError::NotAPublicKey {
-                path: file.path.clone(),
-            });
-        };
-        keys.push(LoadedKey {
-            kid: file.kid.clone(),
-            family,
-            key,
-        });
-    }
-    for alg in &settings.algorithms {
-        if !keys.iter().any(|k| k.family == alg.family()) {
-            return Err(KeyError::NoKeyFor(*alg));
-        }
-    }
-    Ok(keys)
 }
+
+#[cfg(test)]
+mod kid_tests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
+    use std::str::FromStr;
 
     const SECRET: &[u8] = b"s3cret-s3cret-s3cret-s3cret-s3cret";
     const OTHER: &[u8] = b"other-secret-0123456789abcdef-0123";
@@ -386,6 +558,7 @@ mod tests {
             audiences: vec!["labgate".into()],
             leeway: Duration::from_secs(5),
             cache_capacity: 100,
+            ..TokenSettings::default()
         }
     }
 
@@ -628,6 +801,7 @@ mod tests {
             audiences: vec![],
             leeway: Duration::from_secs(5),
             cache_capacity: 10,
+            ..TokenSettings::default()
         };
         let v = TokenVerifier::new(settings, Arc::new(Metrics::new())).unwrap();
         let claims = json!({"sub": "alice", "exp": now_secs() + 600});
@@ -670,18 +844,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.verify(&confused).await, Err(TokenError::Invalid));
-    }
-
-    #[test]
-    fn key_file_syntax() {
-        assert_eq!(
-            KeyFile::from_str("k1=/etc/key.pem").unwrap(),
-            KeyFile {
-                kid: Some("k1".into()),
-                path: "/etc/key.pem".into()
-            }
-        );
-        assert_eq!(KeyFile::from_str("/etc/key.pem").unwrap().kid, None);
-        assert!(KeyFile::from_str("=x").is_err());
     }
 }
