@@ -12,6 +12,7 @@
 //! - [`config`]: flags and environment variables; [`run`] turns them into a running gateway.
 //! - [`server`]: [`Gateway`], the hyper service: the request pipeline of a session.
 //! - [`listener`]: serving a gateway: accept loop, admin listener, drain on shutdown.
+//! - [`preauth`]: the caps on connections not yet authorised (in total, per client address).
 //! - [`respond`]: the websocket handshake answer and small response bodies.
 //! - [`route`]: `/labs/{namespace}/{vmi}/{kind}` parsing and name validation.
 //! - [`credentials`]: where the token comes from; subprotocol negotiation.
@@ -41,6 +42,7 @@ pub mod index;
 pub mod listener;
 pub mod metrics;
 pub mod namespace_watch;
+pub mod preauth;
 pub mod refusal;
 pub mod reload;
 pub mod respond;

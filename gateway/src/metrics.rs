@@ -34,6 +34,11 @@ pub struct Metrics {
     pub token_cache_hits: IntCounter,
     /// Token cache misses.
     pub token_cache_misses: IntCounter,
+    /// Connections accepted and not yet authorised.
+    pub preauth_connections: IntGauge,
+    /// Connections closed at accept because a pre-authorisation cap was
+    /// reached, by reason (total, per_address).
+    pub preauth_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,6 +127,21 @@ impl Metrics {
             "Token verifications that checked the signature.",
         )
         .expect("valid metric");
+        let preauth_connections = IntGauge::new(
+            "labgate_gateway_preauth_connections",
+            "Connections accepted and not yet authorised (TLS handshake, request head, \
+             authorisation, refusal).",
+        )
+        .expect("valid metric");
+        let preauth_rejected = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_preauth_rejected_total",
+                "Connections closed at accept because a cap on connections not yet authorised \
+                 was reached, by reason: total, per_address.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
 
         for c in [
             Box::new(active_sessions.clone()) as Box<dyn prometheus::core::Collector>,
@@ -135,6 +155,8 @@ impl Metrics {
             Box::new(index_stale_seconds.clone()),
             Box::new(token_cache_hits.clone()),
             Box::new(token_cache_misses.clone()),
+            Box::new(preauth_connections.clone()),
+            Box::new(preauth_rejected.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -154,6 +176,9 @@ impl Metrics {
         ] {
             index_malformed_labs.with_label_values(&[reason]);
         }
+        for reason in ["total", "per_address"] {
+            preauth_rejected.with_label_values(&[reason]);
+        }
         Metrics {
             registry,
             active_sessions,
@@ -167,6 +192,8 @@ impl Metrics {
             index_stale_seconds,
             token_cache_hits,
             token_cache_misses,
+            preauth_connections,
+            preauth_rejected,
         }
     }
 

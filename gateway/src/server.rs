@@ -29,6 +29,7 @@ use crate::authz::{self, Grant};
 use crate::credentials;
 use crate::index::LabIndex;
 use crate::metrics::Metrics;
+use crate::preauth::{PreAuth, PreAuthLimits, PreAuthSlot};
 use crate::refusal::Refusal;
 use crate::respond::{json, switching_protocols, text, unix_now, websocket_key};
 use crate::route::{self, Route, Target};
@@ -47,8 +48,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Pings, idle timeout, close timeout.
     pub splice: SpliceSettings,
-    /// Time allowed for the TLS handshake and the HTTP request head.
+    /// Time allowed for the TLS handshake and the HTTP request head together.
     pub handshake_timeout: Duration,
+    /// Caps on connections not yet authorised.
+    pub preauth: PreAuthLimits,
     /// Time allowed to open the upstream websocket.
     pub upstream_connect_timeout: Duration,
     /// Largest request head accepted (bytes, at least 8192).
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<Sessions>,
+    /// Connections accepted by [`Gateway::serve`] and not yet authorised.
+    pub(crate) preauth: Arc<PreAuth>,
     pub(crate) draining: AtomicBool,
     /// `/healthz`, `/readyz`, `/metrics` are served by [`Gateway::handle`] too
     /// (false once an admin listener serves them instead).
@@ -108,6 +113,11 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Gateway {
         let sessions = Sessions::new(settings.limits);
+        let preauth = PreAuth::new(
+            settings.preauth,
+            metrics.preauth_connections.clone(),
+            metrics.preauth_rejected.clone(),
+        );
         Gateway {
             shared: Arc::new(Shared {
                 settings,
@@ -116,6 +126,7 @@ impl Gateway {
                 backend,
                 metrics,
                 sessions,
+                preauth,
                 draining: AtomicBool::new(false),
                 admin_on_main: AtomicBool::new(true),
                 stop_accepting: CancellationToken::new(),
@@ -217,7 +228,14 @@ impl Gateway {
             .authorization_seconds
             .observe(decided.elapsed().as_secs_f64());
         let grant = match decision {
-            Ok(grant) => grant,
+            Ok(grant) => {
+                // Authorised: the connection no longer counts against the
+                // caps on anonymous connections (the session limits apply).
+                if let Some(slot) = req.extensions().get::<PreAuthSlot>() {
+                    slot.release();
+                }
+                grant
+            }
             // The user is known once the token verified: the audit line names them.
             Err((user, refusal)) => {
                 return self.refuse(req, Some(&route), user.as_deref(), refusal);
@@ -457,10 +475,13 @@ impl Gateway {
             return json(refusal.http_status(), refusal.json_body());
         };
         let response = switching_protocols(&ws_key, req.headers());
+        // The close handshake below still counts as not authorised.
+        let preauth = req.extensions().get::<PreAuthSlot>().cloned();
         let on_upgrade = hyper::upgrade::on(req);
         let ws_config = self.shared.settings.websocket_config();
         let close_timeout = self.shared.settings.splice.close_timeout;
         self.shared.tracker.spawn(async move {
+            let _preauth = preauth;
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
