@@ -31,7 +31,7 @@ use crate::index::LabIndex;
 use crate::metrics::Metrics;
 use crate::preauth::{PreAuth, PreAuthLimits, PreAuthSlot};
 use crate::refusal::Refusal;
-use crate::respond::{json, switching_protocols, text, unix_now, websocket_key};
+use crate::respond::{bad_upgrade, json, switching_protocols, text, unix_now, websocket_key};
 use crate::route::{self, Route, Target};
 use crate::sessions::{ConsoleClaim, ConsoleHold, ConsoleKey, Limits, SessionPermit, Sessions};
 use crate::splice::{self, ByteCounts, ByteMetrics, SpliceSettings};
@@ -212,12 +212,7 @@ impl Gateway {
         }
         let websocket = match websocket_key(&req) {
             Ok(key) => key,
-            Err(()) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    r#"{"error":"bad_request","reason":"malformed websocket upgrade"}"#.into(),
-                );
-            }
+            Err(why) => return bad_upgrade(why),
         };
         // Subscribe before deciding, so a change racing the decision is seen.
         let changes = shared.index.subscribe();
@@ -414,8 +409,15 @@ impl Gateway {
         let grant = grant.clone();
         let hold = hold.clone();
         let now = tokio::time::Instant::now();
-        let token_deadline = now + Duration::from_secs(grant.token_exp.saturating_sub(unix_now()));
-        let max_deadline = shared.settings.max_session_duration.map(|d| now + d);
+        // A far-off `exp` (up to u64::MAX) is past what an Instant can hold:
+        // no deadline then, rather than an overflow panic.
+        let token_deadline = now.checked_add(Duration::from_secs(
+            grant.token_exp.saturating_sub(unix_now()),
+        ));
+        let max_deadline = shared
+            .settings
+            .max_session_duration
+            .and_then(|d| now.checked_add(d));
         async move {
             // A change may have landed between the decision and now.
             if authz::recheck(&grant, &shared.index).is_err() {
@@ -425,7 +427,12 @@ impl Gateway {
                 tokio::select! {
                     _ = hold.kicked() => return Refusal::TakenOver,
                     _ = shared.force_close.cancelled() => return Refusal::ShuttingDown,
-                    _ = tokio::time::sleep_until(token_deadline) => return Refusal::SessionExpired,
+                    _ = async {
+                        match token_deadline {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => return Refusal::SessionExpired,
                     _ = async {
                         match max_deadline {
                             Some(at) => tokio::time::sleep_until(at).await,

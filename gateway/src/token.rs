@@ -256,6 +256,8 @@ impl TokenVerifier {
             .filter_map(|key| jsonwebtoken::decode::<Claims>(token, &key.key, &validation).ok())
             .map(|data| data.claims)
             .next()
+            // An empty `sub` names nobody: a malformed token, not a stranger.
+            .filter(|claims| !claims.sub.is_empty())
             .ok_or(TokenError::Invalid)
     }
 
