@@ -8,9 +8,11 @@
 //!   with list/watch (resourceVersion, 410, bookmarks, selector transitions), create/replace/patch/
 //!   delete with NamespaceLifecycle and an admission hook, and KubeVirt `vnc`/`console` websockets.
 //! - [`promtool`]: `promtool check metrics` on an exposition.
+//! - [`log_capture`]: every log line and panic message of a test process, to search for secrets.
 //! - [`upstreams`]: [`upstreams::Xvnc`] and [`upstreams::SerialConsole`] processes, killed on drop.
 
 pub mod certs;
+pub mod log_capture;
 pub mod promtool;
 pub mod standin;
 pub mod upstreams;
