@@ -28,6 +28,7 @@
 //! - [`refusal`]: every reason a session is refused or ended, with close codes.
 //! - [`tls`]: rustls with certificate reload; [`reload`]: file change detection.
 //! - [`metrics`]: Prometheus metrics; [`demo`]: the no-cluster demo.
+//! - `fuzzing`: entry points of the fuzz targets (`gateway/fuzz/`) and of the corpus replay test.
 //!
 //! # Embedding
 //! [`Gateway::handle`] is an ordinary async request handler; mount it in any
@@ -38,6 +39,8 @@ pub mod authz;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod listener;
 pub mod metrics;
