@@ -285,6 +285,48 @@ async fn silent_and_idle_connections_are_closed_after_the_handshake_timeout() {
     assert!(ended.is_ok(), "an idle refused client kept its connection");
 }
 
+/// A request announcing a large body that it then trickles (a slow-loris
+/// on the body) gets its answer and loses the connection: the gateway reads
+/// no request body, so nothing waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_body_does_not_hold_the_connection() {
+    let env = start(Options {
+        extra_args: args(&["--handshake-timeout", "1s"]),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let mut tls = env.tls_connect().await.unwrap();
+    tls.write_all(
+        b"POST /labs/lab-alice/vm1/vnc HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        if t0.elapsed() > Duration::from_secs(6) {
+            break false;
+        }
+        if tls.write_all(b"x").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    };
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 401"), "{got}");
+    assert!(
+        closed,
+        "a trickled body kept the connection for {:?}",
+        t0.elapsed()
+    );
+}
+
 /// TLS handshake and request head share one deadline counted from the
 /// accept: a client that spends most of it on a slow TLS handshake and then
 /// trickles its head one byte at a time gets no second allowance.
