@@ -168,14 +168,30 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
     Ok(Bytes::from(collected))
 }
 
+/// Where a body fails to decode, and how, but never what it says there:
+/// serde's own message quotes the offending value (`unknown variant
+/// "<value>"`), which may be a secret from the reviewed object, and the
+/// message is logged.
+fn json_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Eof => "truncated JSON",
+        serde_json::error::Category::Data => "a field has the wrong type or value",
+        serde_json::error::Category::Io => "unreadable",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
 /// Decodes a review, decides, and encodes the answer. Errors carry a metrics
 /// reason and a message for an HTTP 400.
 pub fn review_bytes(
     state: &WebhookState,
     body: &[u8],
 ) -> Result<(Vec<u8>, &'static str), (&'static str, String)> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
-        .map_err(|e| ("bad_json", format!("body is not an AdmissionReview: {e}")))?;
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
+        let why = json_error(&e);
+        ("bad_json", format!("body is not an AdmissionReview: {why}"))
+    })?;
     if review.types.kind != META_KIND || review.types.api_version != META_API_VERSION_V1 {
         return Err((
             "wrong_type",

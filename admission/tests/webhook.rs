@@ -433,3 +433,258 @@ async fn metrics_pass_promtool() {
         labgate_tests::promtool::assert_clean(&text);
     }
 }
+
+/// What a hostile review must get: an HTTP error, or a well-formed review
+/// answer (uid echoed) allowing it or denying it by a named rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    Http(u16),
+    Allowed,
+    Denied(&'static str),
+}
+
+/// Hostile AdmissionReviews (issue 12): malformed, truncated, oversized,
+/// type-confused, kinds and subresources the webhook did not register, and
+/// object/oldObject that disagree with each other or with the request. Each
+/// gets its exact answer; none a panic or a 5xx; the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_reviews_get_a_clear_answer_never_a_panic_or_5xx() {
+    let s = Server::start().await;
+    let load = |file: &str| -> Value { serde_json::from_slice(&fixture(file)).unwrap() };
+    let pod = load("pod-create-in-lab-without-policy.json");
+    let vmi = load("vmi-create-in-lab-with-policy.json");
+    let strip = load("namespace-update-strip-lab-label.json");
+    let np_delete = load("networkpolicy-delete-by-student.json");
+    let edit = |base: &Value, f: &dyn Fn(&mut Value)| -> Vec<u8> {
+        let mut v = base.clone();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let pod_bytes = serde_json::to_vec(&pod).unwrap();
+    let cut = |fraction: f64| pod_bytes[..(pod_bytes.len() as f64 * fraction) as usize].to_vec();
+    use Answer::*;
+    let cases: Vec<(&str, Vec<u8>, Answer)> = vec![
+        // Malformed and truncated.
+        ("null", b"null".to_vec(), Http(400)),
+        ("empty object", b"{}".to_vec(), Http(400)),
+        ("a JSON string", br#""AdmissionReview""#.to_vec(), Http(400)),
+        ("truncated to 10%", cut(0.1), Http(400)),
+        ("truncated to 50%", cut(0.5), Http(400)),
+        (
+            "truncated by one byte",
+            pod_bytes[..pod_bytes.len() - 1].to_vec(),
+            Http(400),
+        ),
+        (
+            "trailing garbage",
+            [pod_bytes.as_slice(), b"}{"].concat(),
+            Http(400),
+        ),
+        (
+            "invalid UTF-8",
+            [&pod_bytes[..20], &[0xff, 0xfe][..], &pod_bytes[20..]].concat(),
+            Http(400),
+        ),
+        ("NUL bytes", vec![0u8; 64], Http(400)),
+        // Oversized.
+        (
+            "one byte over the limit",
+            {
+                let mut b = pod_bytes.clone();
+                b.resize(MAX_REVIEW_BYTES + 1, b' ');
+                b
+            },
+            Http(413),
+        ),
+        (
+            "2 MiB annotation, under the limit",
+            edit(&pod, &|v| {
+                v["request"]["object"]["metadata"]["annotations"] =
+                    json!({"x": "a".repeat(2 * 1024 * 1024)});
+            }),
+            Denied("policy-missing"),
+        ),
+        // Type confusion.
+        (
+            "request is a string",
+            edit(&pod, &|v| v["request"] = json!("pod")),
+            Http(400),
+        ),
+        (
+            "uid is a number",
+            edit(&pod, &|v| v["request"]["uid"] = json!(42)),
+            Http(400),
+        ),
+        (
+            "operation in lower case",
+            edit(&pod, &|v| v["request"]["operation"] = json!("create")),
+            Http(400),
+        ),
+        (
+            "kind is a string",
+            edit(&pod, &|v| v["request"]["kind"] = json!("Pod")),
+            Http(400),
+        ),
+        (
+            "resource is a list",
+            edit(&pod, &|v| v["request"]["resource"] = json!(["pods"])),
+            Http(400),
+        ),
+        (
+            "groups is a string",
+            edit(&pod, &|v| {
+                v["request"]["userInfo"]["groups"] = json!("system:masters")
+            }),
+            Http(400),
+        ),
+        (
+            "object is a string",
+            edit(&pod, &|v| v["request"]["object"] = json!("{}")),
+            Http(400),
+        ),
+        (
+            "object is a list",
+            edit(&pod, &|v| v["request"]["object"] = json!([])),
+            Http(400),
+        ),
+        (
+            "labels is a list",
+            edit(&pod, &|v| {
+                v["request"]["object"]["metadata"]["labels"] = json!(["a"])
+            }),
+            Http(400),
+        ),
+        (
+            "label value is a number",
+            edit(&strip, &|v| {
+                v["request"]["object"]["metadata"]["labels"]["labgate.io/lab"] = json!(1)
+            }),
+            Http(400),
+        ),
+        (
+            "namespace is a number",
+            edit(&pod, &|v| v["request"]["namespace"] = json!(7)),
+            Http(400),
+        ),
+        (
+            "dryRun is a string",
+            edit(&pod, &|v| v["request"]["dryRun"] = json!("yes")),
+            Http(400),
+        ),
+        // Kinds and subresources it did not register.
+        (
+            "secret create",
+            edit(&pod, &|v| {
+                v["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Secret"});
+                v["request"]["resource"] =
+                    json!({"group": "", "version": "v1", "resource": "secrets"});
+            }),
+            Allowed,
+        ),
+        (
+            "pods/exec connect",
+            edit(&pod, &|v| {
+                v["request"]["subResource"] = json!("exec");
+                v["request"]["operation"] = json!("CONNECT");
+                v["request"]["object"] =
+                    json!({"kind": "PodExecOptions", "apiVersion": "v1", "command": ["sh"]});
+            }),
+            Allowed,
+        ),
+        (
+            "networkpolicies/status update",
+            edit(&np_delete, &|v| {
+                v["request"]["subResource"] = json!("status");
+                v["request"]["operation"] = json!("UPDATE");
+                v["request"]["object"] = v["request"]["oldObject"].clone();
+            }),
+            Allowed,
+        ),
+        // Objects that disagree.
+        (
+            "namespace update whose object renames the namespace",
+            edit(&strip, &|v| {
+                v["request"]["object"]["metadata"]["name"] = json!("innocent");
+            }),
+            Denied("lab-marking-immutable"),
+        ),
+        (
+            "isolation policy delete whose oldObject has another name",
+            edit(&np_delete, &|v| {
+                v["request"]["oldObject"]["metadata"]["name"] = json!("harmless");
+            }),
+            Denied("policy-protected"),
+        ),
+        (
+            "isolation policy delete with no request name",
+            edit(&np_delete, &|v| {
+                v["request"]["name"] = json!("");
+            }),
+            Denied("policy-protected"),
+        ),
+        (
+            "pod whose object claims another namespace",
+            edit(&pod, &|v| {
+                v["request"]["object"]["metadata"]["namespace"] = json!("my-namespace");
+            }),
+            Denied("policy-missing"),
+        ),
+        (
+            "request kind Namespace, resource pods",
+            edit(&pod, &|v| {
+                v["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Namespace"});
+            }),
+            Denied("policy-missing"),
+        ),
+        (
+            "vmi whose object is a Namespace",
+            edit(&vmi, &|v| {
+                v["request"]["object"] = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "lab-alice"}});
+            }),
+            Allowed,
+        ),
+        (
+            "namespace update without oldObject",
+            edit(&strip, &|v| v["request"]["oldObject"] = Value::Null),
+            Denied("malformed-request"),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, body, expect) in &cases {
+        let sent: Option<Value> = serde_json::from_slice(body).ok();
+        let (status, answer, text) = s.post(body.clone()).await;
+        assert!(status < 500, "{what}: {status} {text}");
+        let got = match status {
+            200 => {
+                assert_eq!(answer["kind"], "AdmissionReview", "{what}");
+                let response = &answer["response"];
+                assert_eq!(
+                    response["uid"],
+                    sent.as_ref().unwrap()["request"]["uid"],
+                    "{what}: uid echoed"
+                );
+                if response["allowed"] == true {
+                    Allowed
+                } else {
+                    assert_eq!(response["status"]["code"], 403, "{what}");
+                    let rule = response["auditAnnotations"]["denied-rule"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    Denied(Box::leak(rule.into_boxed_str()))
+                }
+            }
+            other => Http(other),
+        };
+        if got != *expect {
+            wrong.push(format!("{what}: got {got:?}, want {expect:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Still serving.
+    let (status, answer, _) = s.post(fixture("vmi-create-in-lab-with-policy.json")).await;
+    assert_eq!(
+        (status, answer["response"]["allowed"].clone()),
+        (200, json!(true))
+    );
+}

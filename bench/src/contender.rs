@@ -359,6 +359,11 @@ impl Contender {
                     .arg(setup.max_sessions.to_string());
                 cmd.arg("--max-sessions-per-user")
                     .arg(setup.max_sessions.to_string());
+                // All the load comes from one address, in bursts of handshakes:
+                // the caps on connections not yet authorised would cut it.
+                cmd.args(["--max-preauth-connections-per-address", "0"]);
+                cmd.arg("--max-preauth-connections")
+                    .arg(setup.max_sessions.max(1024).to_string());
                 cmd.stdout(std::fs::File::create(
                     setup.work.join(format!("{}.stdout", self.name)),
                 )?);

@@ -241,9 +241,32 @@ pub struct Config {
     )]
     pub max_sessions_per_user: usize,
 
-    /// Time allowed for the TLS handshake and for the HTTP request head.
+    /// Time allowed for the TLS handshake and the HTTP request head together,
+    /// counted from the accept (a client trickling bytes gets no more); also
+    /// how long a connection may idle between requests.
     #[arg(long, env = "LABGATE_GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    // --- connections not yet authorised (issue 12) ---------------------------
+    /// Connections accepted but not yet authorised (TLS handshake, request
+    /// head, refusal), all clients together. Beyond it new connections are
+    /// closed at once, before TLS.
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_MAX_PREAUTH_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub max_preauth_connections: usize,
+
+    /// Connections not yet authorised from one client address (IPv6: one
+    /// /64). 0 turns the per-address cap off: do that behind a proxy, where
+    /// every connection comes from the proxy's address.
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_MAX_PREAUTH_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 32
+    )]
+    pub max_preauth_connections_per_address: usize,
 
     /// Time allowed to open the upstream websocket to the VM.
     #[arg(long, env = "LABGATE_GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -366,6 +389,9 @@ impl Config {
         if self.ping_interval.is_zero() {
             return Err("--ping-interval must be positive".into());
         }
+        if self.max_preauth_connections == 0 {
+            return Err("--max-preauth-connections must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -430,6 +456,10 @@ impl Config {
                 max_message_bytes: self.max_message_bytes,
             },
             handshake_timeout: self.handshake_timeout,
+            preauth: crate::preauth::PreAuthLimits {
+                total: self.max_preauth_connections,
+                per_address: self.max_preauth_connections_per_address,
+            },
             upstream_connect_timeout: self.upstream_connect_timeout,
             max_header_bytes: self.max_header_bytes,
             max_message_bytes: self.max_message_bytes,

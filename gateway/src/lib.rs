@@ -12,6 +12,7 @@
 //! - [`config`]: flags and environment variables; [`run`] turns them into a running gateway.
 //! - [`server`]: [`Gateway`], the hyper service: the request pipeline of a session.
 //! - [`listener`]: serving a gateway: accept loop, admin listener, drain on shutdown.
+//! - [`preauth`]: the caps on connections not yet authorised (in total, per client address).
 //! - [`respond`]: the websocket handshake answer and small response bodies.
 //! - [`route`]: `/labs/{namespace}/{vmi}/{kind}` parsing and name validation.
 //! - [`credentials`]: where the token comes from; subprotocol negotiation.
@@ -34,6 +35,7 @@
 //! - [`tls`]: rustls with certificate reload; [`reload`]: file change detection.
 //! - [`metrics`]: Prometheus metrics; [`demo`]: the no-cluster demo (static backend, Xvnc
 //!   desktop, PTY shells).
+//! - `fuzzing`: entry points of the fuzz targets (`gateway/fuzz/`) and of the corpus replay test.
 //!
 //! # Embedding
 //! [`Gateway::handle`] is an ordinary async request handler; mount it in any
@@ -45,10 +47,13 @@ pub mod backend;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod listener;
 pub mod metrics;
 pub mod namespace_watch;
+pub mod preauth;
 pub mod refusal;
 pub mod reload;
 pub mod respond;

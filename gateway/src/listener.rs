@@ -11,6 +11,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::preauth::PreAuthSlot;
 use crate::server::Gateway;
 
 impl Gateway {
@@ -25,7 +28,7 @@ impl Gateway {
     ) {
         tokio::pin!(shutdown);
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
@@ -37,22 +40,41 @@ impl Gateway {
                     }
                 },
             };
+            // Over a cap: close before TLS or HTTP, the cheapest answer there is.
+            let permit = match self.shared.preauth.try_acquire(peer.ip()) {
+                Ok(permit) => permit,
+                Err(cap) => {
+                    tracing::debug!(peer = %peer.ip(), cap = cap.as_str(), "connection closed: too many not yet authorised");
+                    drop(stream);
+                    continue;
+                }
+            };
+            let slot = PreAuthSlot::new(permit);
             let _ = stream.set_nodelay(true);
             let gateway = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let handshake = gateway.shared.settings.handshake_timeout;
+                // One deadline for the TLS handshake and the first request
+                // head together, so a client trickling bytes gets no more.
+                let deadline =
+                    tokio::time::Instant::now() + gateway.shared.settings.handshake_timeout;
                 match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                             Ok(Ok(tls_stream)) => {
-                                gateway.serve_connection(TokioIo::new(tls_stream)).await
+                                gateway
+                                    .serve_connection(TokioIo::new(tls_stream), deadline, slot)
+                                    .await
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
                     }
-                    None => gateway.serve_connection(TokioIo::new(stream)).await,
+                    None => {
+                        gateway
+                            .serve_connection(TokioIo::new(stream), deadline, slot)
+                            .await
+                    }
                 }
             });
         }
@@ -86,18 +108,31 @@ impl Gateway {
         tracing::info!("drained");
     }
 
-    /// Serves HTTP/1.1 (with upgrades) on one connection; on shutdown,
-    /// finishes the request in flight and closes idle keep-alive connections.
-    async fn serve_connection<I>(&self, io: TokioIo<I>)
-    where
+    /// Serves HTTP/1.1 (with upgrades) on one connection whose first request
+    /// head must be complete by `first_head_by`; on shutdown, finishes the
+    /// request in flight and closes idle keep-alive connections. Requests
+    /// carry `slot`, the connection's place under the pre-authorisation caps.
+    async fn serve_connection<I>(
+        &self,
+        io: TokioIo<I>,
+        first_head_by: tokio::time::Instant,
+        slot: PreAuthSlot,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let gateway = self.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req).await) }
-        });
+        let head_seen = CancellationToken::new();
+        let service = {
+            let head_seen = head_seen.clone();
+            hyper::service::service_fn(move |mut req| {
+                head_seen.cancel();
+                req.extensions_mut().insert(slot.clone());
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(req).await) }
+            })
+        };
         let settings = &self.shared.settings;
+        // Later heads (keep-alive) get the handshake timeout each, idle time included.
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.handshake_timeout)
@@ -105,8 +140,17 @@ impl Gateway {
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
+        let first_head_late = async {
+            tokio::select! {
+                _ = head_seen.cancelled() => std::future::pending::<()>().await,
+                _ = tokio::time::sleep_until(first_head_by) => {}
+            }
+        };
         tokio::select! {
             _ = &mut conn => {}
+            _ = first_head_late => {
+                tracing::debug!("connection closed: no complete request head within the handshake timeout");
+            }
             _ = self.shared.stop_accepting.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(settings.handshake_timeout, conn).await;

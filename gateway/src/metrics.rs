@@ -38,6 +38,11 @@ pub struct Metrics {
     pub jwks_refetches: IntCounterVec,
     /// Keys in use from each issuer's remote JWKS.
     pub jwks_keys: IntGaugeVec,
+    /// Connections accepted and not yet authorised.
+    pub preauth_connections: IntGauge,
+    /// Connections closed at accept because a pre-authorisation cap was
+    /// reached, by reason (total, per_address).
+    pub preauth_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -144,6 +149,21 @@ impl Metrics {
             &["issuer"],
         )
         .expect("valid metric");
+        let preauth_connections = IntGauge::new(
+            "labgate_gateway_preauth_connections",
+            "Connections accepted and not yet authorised (TLS handshake, request head, \
+             authorisation, refusal).",
+        )
+        .expect("valid metric");
+        let preauth_rejected = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_preauth_rejected_total",
+                "Connections closed at accept because a cap on connections not yet authorised \
+                 was reached, by reason: total, per_address.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
 
         for c in [
             Box::new(active_sessions.clone()) as Box<dyn prometheus::core::Collector>,
@@ -159,6 +179,8 @@ impl Metrics {
             Box::new(token_cache_misses.clone()),
             Box::new(jwks_refetches.clone()),
             Box::new(jwks_keys.clone()),
+            Box::new(preauth_connections.clone()),
+            Box::new(preauth_rejected.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -181,6 +203,9 @@ impl Metrics {
         for result in ["ok", "error", "invalid", "rate_limited"] {
             jwks_refetches.with_label_values(&[result]);
         }
+        for reason in ["total", "per_address"] {
+            preauth_rejected.with_label_values(&[reason]);
+        }
         Metrics {
             registry,
             active_sessions,
@@ -196,6 +221,8 @@ impl Metrics {
             token_cache_misses,
             jwks_refetches,
             jwks_keys,
+            preauth_connections,
+            preauth_rejected,
         }
     }
 

@@ -14,9 +14,20 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::credentials;
 use crate::server::GatewayResponse;
 
+/// Why a websocket upgrade attempt cannot be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadUpgrade {
+    /// Not `Sec-WebSocket-Version: 13`: RFC 6455 4.2.2 wants 426 and the
+    /// versions the server speaks.
+    Version,
+    /// Not a GET, no `Connection: upgrade`, or a key that is not the base64
+    /// of 16 bytes (RFC 6455 4.2.1).
+    Malformed,
+}
+
 /// `Ok(Some(key))` for a well-formed websocket upgrade, `Ok(None)` for a
-/// plain request, `Err(())` for a broken upgrade attempt.
-pub(crate) fn websocket_key<B>(req: &Request<B>) -> Result<Option<String>, ()> {
+/// plain request, `Err(_)` for a broken upgrade attempt.
+pub(crate) fn websocket_key<B>(req: &Request<B>) -> Result<Option<String>, BadUpgrade> {
     let headers = req.headers();
     let wants_upgrade = headers
         .get(UPGRADE)
@@ -31,21 +42,48 @@ pub(crate) fn websocket_key<B>(req: &Request<B>) -> Result<Option<String>, ()> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let version_ok = headers
-        .get(SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v.as_bytes() == b"13");
-    let key = headers
-        .get(SEC_WEBSOCKET_KEY)
+    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    let version_ok =
+        versions.next().is_some_and(|v| v.as_bytes() == b"13") && versions.next().is_none();
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let key = keys
+        .next()
         .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty());
-    match (
-        req.method() == Method::GET,
-        connection_upgrade,
-        version_ok,
-        key,
-    ) {
-        (true, true, true, Some(key)) => Ok(Some(key.to_string())),
-        _ => Err(()),
+        .filter(|k| is_websocket_key(k))
+        .filter(|_| keys.next().is_none());
+    if req.method() != Method::GET || !connection_upgrade {
+        return Err(BadUpgrade::Malformed);
+    }
+    if !version_ok {
+        return Err(BadUpgrade::Version);
+    }
+    key.map(|k| Some(k.to_string()))
+        .ok_or(BadUpgrade::Malformed)
+}
+
+/// RFC 6455 4.1: the key is a random 16-byte value, base64-encoded (24 characters).
+fn is_websocket_key(key: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|nonce| nonce.len() == 16)
+}
+
+/// The answer to a broken upgrade attempt, given before any token is read.
+pub(crate) fn bad_upgrade(why: BadUpgrade) -> GatewayResponse {
+    match why {
+        BadUpgrade::Version => Response::builder()
+            .status(StatusCode::UPGRADE_REQUIRED)
+            .header(SEC_WEBSOCKET_VERSION, "13")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"error":"bad_request","reason":"unsupported websocket version: use 13"}"#,
+            )))
+            .unwrap_or_default(),
+        BadUpgrade::Malformed => json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"bad_request","reason":"malformed websocket upgrade"}"#.into(),
+        ),
     }
 }
 

@@ -30,8 +30,9 @@ use crate::backend::{Backend, UpstreamIo, UpstreamTarget};
 use crate::credentials;
 use crate::index::LabIndex;
 use crate::metrics::Metrics;
+use crate::preauth::{PreAuth, PreAuthLimits, PreAuthSlot};
 use crate::refusal::Refusal;
-use crate::respond::{json, switching_protocols, text, unix_now, websocket_key};
+use crate::respond::{bad_upgrade, json, switching_protocols, text, unix_now, websocket_key};
 use crate::route::{self, Route, Target};
 use crate::sessions::{ConsoleClaim, ConsoleHold, ConsoleKey, Limits, SessionPermit, Sessions};
 use crate::splice::{self, ByteCounts, ByteMetrics, SpliceSettings};
@@ -47,8 +48,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Pings, idle timeout, close timeout.
     pub splice: SpliceSettings,
-    /// Time allowed for the TLS handshake and the HTTP request head.
+    /// Time allowed for the TLS handshake and the HTTP request head together.
     pub handshake_timeout: Duration,
+    /// Caps on connections not yet authorised.
+    pub preauth: PreAuthLimits,
     /// Time allowed to open the upstream websocket.
     pub upstream_connect_timeout: Duration,
     /// Largest request head accepted (bytes, at least 8192).
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<Sessions>,
+    /// Connections accepted by [`Gateway::serve`] and not yet authorised.
+    pub(crate) preauth: Arc<PreAuth>,
     pub(crate) draining: AtomicBool,
     /// `/healthz`, `/readyz`, `/metrics` are served by [`Gateway::handle`] too
     /// (false once an admin listener serves them instead).
@@ -108,6 +113,11 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Gateway {
         let sessions = Sessions::new(settings.limits);
+        let preauth = PreAuth::new(
+            settings.preauth,
+            metrics.preauth_connections.clone(),
+            metrics.preauth_rejected.clone(),
+        );
         Gateway {
             shared: Arc::new(Shared {
                 settings,
@@ -116,6 +126,7 @@ impl Gateway {
                 backend,
                 metrics,
                 sessions,
+                preauth,
                 draining: AtomicBool::new(false),
                 admin_on_main: AtomicBool::new(true),
                 stop_accepting: CancellationToken::new(),
@@ -201,12 +212,7 @@ impl Gateway {
         }
         let websocket = match websocket_key(&req) {
             Ok(key) => key,
-            Err(()) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    r#"{"error":"bad_request","reason":"malformed websocket upgrade"}"#.into(),
-                );
-            }
+            Err(why) => return bad_upgrade(why),
         };
         // Subscribe before deciding, so a change racing the decision is seen.
         let changes = shared.index.subscribe();
@@ -217,7 +223,14 @@ impl Gateway {
             .authorization_seconds
             .observe(decided.elapsed().as_secs_f64());
         let grant = match decision {
-            Ok(grant) => grant,
+            Ok(grant) => {
+                // Authorised: the connection no longer counts against the
+                // caps on anonymous connections (the session limits apply).
+                if let Some(slot) = req.extensions().get::<PreAuthSlot>() {
+                    slot.release();
+                }
+                grant
+            }
             // The user is known once the token verified: the audit line names them.
             Err((user, refusal)) => {
                 return self.refuse(req, Some(&route), user.as_deref(), refusal);
@@ -396,8 +409,15 @@ impl Gateway {
         let grant = grant.clone();
         let hold = hold.clone();
         let now = tokio::time::Instant::now();
-        let token_deadline = now + Duration::from_secs(grant.token_exp.saturating_sub(unix_now()));
-        let max_deadline = shared.settings.max_session_duration.map(|d| now + d);
+        // A far-off `exp` (up to u64::MAX) is past what an Instant can hold:
+        // no deadline then, rather than an overflow panic.
+        let token_deadline = now.checked_add(Duration::from_secs(
+            grant.token_exp.saturating_sub(unix_now()),
+        ));
+        let max_deadline = shared
+            .settings
+            .max_session_duration
+            .and_then(|d| now.checked_add(d));
         async move {
             // A change may have landed between the decision and now.
             if authz::recheck(&grant, &shared.index).is_err() {
@@ -407,7 +427,12 @@ impl Gateway {
                 tokio::select! {
                     _ = hold.kicked() => return Refusal::TakenOver,
                     _ = shared.force_close.cancelled() => return Refusal::ShuttingDown,
-                    _ = tokio::time::sleep_until(token_deadline) => return Refusal::SessionExpired,
+                    _ = async {
+                        match token_deadline {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => return Refusal::SessionExpired,
                     _ = async {
                         match max_deadline {
                             Some(at) => tokio::time::sleep_until(at).await,
@@ -457,10 +482,13 @@ impl Gateway {
             return json(refusal.http_status(), refusal.json_body());
         };
         let response = switching_protocols(&ws_key, req.headers());
+        // The close handshake below still counts as not authorised.
+        let preauth = req.extensions().get::<PreAuthSlot>().cloned();
         let on_upgrade = hyper::upgrade::on(req);
         let ws_config = self.shared.settings.websocket_config();
         let close_timeout = self.shared.settings.splice.close_timeout;
         self.shared.tracker.spawn(async move {
+            let _preauth = preauth;
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };

@@ -9,10 +9,12 @@
 //!   delete with NamespaceLifecycle and an admission hook, and KubeVirt `vnc`/`console` websockets.
 //! - [`idp`]: an identity provider's JWKS endpoint over HTTPS ([`idp::JwksServer`]), counting fetches.
 //! - [`promtool`]: `promtool check metrics` on an exposition.
+//! - [`log_capture`]: every log line and panic message of a test process, to search for secrets.
 //! - [`upstreams`]: [`upstreams::Xvnc`] and [`upstreams::SerialConsole`] processes, killed on drop.
 
 pub mod certs;
 pub mod idp;
+pub mod log_capture;
 pub mod promtool;
 pub mod standin;
 pub mod upstreams;

@@ -12,7 +12,7 @@
 //! both connections to read and write the close frames, so close codes and
 //! reasons pass in both directions.
 
-mod frames;
+pub(crate) mod frames;
 mod pump;
 
 use std::future::Future;

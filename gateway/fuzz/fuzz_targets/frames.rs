@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target: see `labgate_gateway::fuzzing::frames`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    labgate_gateway::fuzzing::frames(data);
+});
