@@ -23,6 +23,10 @@
 //! - [`authz`]: the pure authorisation decision and its re-check.
 //! - [`sessions`]: limits and which session holds which VM console.
 //! - [`upstream`]: the [`Backend`](upstream::Backend) seam and the KubeVirt backend.
+//! - [`vm_index`]: each lab's VMs and their state, in memory (bounded per lab and in total).
+//! - [`vm_watch`]: the VMI and VM list+watch loops feeding the VM index.
+//! - [`lab_api`]: `GET /labs/{lab}` (the lab's VMs) and `GET /labs/{lab}/{vm}/screenshot`.
+//! - [`screenshot`]: KubeVirt's screenshot subresource, the per-VM cache and single flight.
 //! - [`splice`]: the two-way relay with backpressure, pings and close propagation.
 //! - [`refusal`]: every reason a session is refused or ended, with close codes.
 //! - [`tls`]: rustls with certificate reload; [`reload`]: file change detection.
@@ -38,6 +42,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod index;
+pub mod lab_api;
 pub mod listener;
 pub mod metrics;
 pub mod namespace_watch;
@@ -45,12 +50,15 @@ pub mod refusal;
 pub mod reload;
 pub mod respond;
 pub mod route;
+pub mod screenshot;
 pub mod server;
 pub mod sessions;
 pub mod splice;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod vm_index;
+pub mod vm_watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -147,7 +155,23 @@ pub async fn run_with_listener(
                 config.watch_timeout,
             ));
         }
-        Arc::new(KubeVirtBackend::with_api(api).preserve_vnc_session(config.vnc_preserve_session))
+        // The VM index follows VMIs and VMs of labs only, so it needs the namespace watch.
+        let vms = vm_index::VmIndex::new(index.clone(), config.vm_index_limits(), metrics.clone());
+        background.spawn(vms.clone().follow_labs());
+        for source in [vm_index::Source::Vmi, vm_index::Source::Vm] {
+            background.spawn(vm_watch::watch_vms(
+                api.clone(),
+                vms.clone(),
+                source,
+                config.watch_timeout,
+            ));
+        }
+        Arc::new(
+            KubeVirtBackend::with_api(api)
+                .preserve_vnc_session(config.vnc_preserve_session)
+                .with_vm_index(vms)
+                .screenshot_max_bytes(config.screenshot_max_bytes),
+        )
     };
     if let Some(path) = &config.labs_file {
         background.spawn(index::watch_labs_file(

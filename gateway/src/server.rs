@@ -59,6 +59,8 @@ pub struct Settings {
     pub max_session_duration: Option<Duration>,
     /// On shutdown, how long sessions may go on before they are closed.
     pub shutdown_grace: Duration,
+    /// Screenshot cache, timeout and takeover guard.
+    pub screenshots: crate::screenshot::ScreenshotSettings,
 }
 
 impl Settings {
@@ -80,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<Sessions>,
+    /// Screenshot cache and single flight ([`crate::lab_api`]).
+    pub(crate) screenshots: crate::screenshot::Screenshots,
     pub(crate) draining: AtomicBool,
     /// `/healthz`, `/readyz`, `/metrics` are served by [`Gateway::handle`] too
     /// (false once an admin listener serves them instead).
@@ -108,8 +112,10 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Gateway {
         let sessions = Sessions::new(settings.limits);
+        let screenshots = crate::screenshot::Screenshots::new(settings.screenshots, metrics.clone());
         Gateway {
             shared: Arc::new(Shared {
+                screenshots,
                 settings,
                 verifier,
                 index,
@@ -153,6 +159,8 @@ impl Gateway {
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {
         match route::parse(req.uri().path(), req.uri().query()) {
             Target::Session(route) => self.session(req, route).await,
+            Target::LabListing(lab) => self.lab_listing(req, lab).await,
+            Target::Screenshot(route) => self.screenshot(req, route).await,
             Target::BadSession => self.refuse(req, None, None, Refusal::BadRequest),
             other if self.shared.admin_on_main.load(Ordering::Acquire) => self.admin(&other),
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::apiclient::ApiClient;
 use crate::refusal::Refusal;
 use crate::route::ConsoleKind;
+pub use crate::vm_index::{VmPhase, VmSummary};
 
 /// KubeVirt's only websocket subprotocol: raw bytes in binary messages.
 pub const KUBEVIRT_PROTOCOL: &str = "plain.kubevirt.io";
@@ -72,6 +73,10 @@ pub enum UpstreamError {
     Transport(String),
     #[error("upstream did not answer in time")]
     Timeout,
+    #[error("this backend does not support that")]
+    Unsupported,
+    #[error("the VM list is not loaded yet")]
+    NotReady,
 }
 
 impl UpstreamError {
@@ -84,9 +89,11 @@ impl UpstreamError {
             UpstreamError::Unauthorized(_) | UpstreamError::Forbidden(_) => {
                 Refusal::GatewayUnauthorized
             }
-            UpstreamError::Status { .. } | UpstreamError::Transport(_) | UpstreamError::Timeout => {
-                Refusal::UpstreamError
-            }
+            UpstreamError::Status { .. }
+            | UpstreamError::Transport(_)
+            | UpstreamError::Timeout
+            | UpstreamError::Unsupported => Refusal::UpstreamError,
+            UpstreamError::NotReady => Refusal::NotReady,
         }
     }
 }
@@ -100,13 +107,40 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens the console `target` and completes the websocket handshake (the
     /// gateway is the client); returns the connection, ready for frames.
     fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a>;
+
+    /// The VMs of a lab namespace (for `GET /labs/{lab}`), answered without
+    /// asking anything upstream per request. Default: no VMs known.
+    fn list_vms<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VmSummary>, UpstreamError>> {
+        let _ = namespace;
+        Box::pin(async { Err(UpstreamError::Unsupported) })
+    }
+
+    /// A PNG of the VM's screen (`target.kind` is `Vnc`), bounded in size
+    /// by the backend. Default: not supported.
+    fn screenshot<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+    ) -> BoxFuture<'a, Result<bytes::Bytes, UpstreamError>> {
+        let _ = target;
+        Box::pin(async { Err(UpstreamError::Unsupported) })
+    }
 }
+
+/// Boxed future of the [`Backend`] methods.
+pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
 
 /// Opens KubeVirt subresources through the Kubernetes API server.
 #[derive(Clone)]
 pub struct KubeVirtBackend {
     api: std::sync::Arc<ApiClient>,
     preserve_vnc_session: bool,
+    /// VM states for listings and the screenshot pre-check ([`crate::screenshot`]).
+    pub(crate) vms: Option<std::sync::Arc<crate::vm_index::VmIndex>>,
+    /// Largest screenshot accepted from virt-api.
+    pub(crate) screenshot_max_bytes: usize,
 }
 
 impl KubeVirtBackend {
@@ -120,7 +154,14 @@ impl KubeVirtBackend {
         KubeVirtBackend {
             api,
             preserve_vnc_session: false,
+            vms: None,
+            screenshot_max_bytes: crate::screenshot::DEFAULT_MAX_BYTES,
         }
+    }
+
+    /// The API client (shared with the VM watches and screenshots).
+    pub(crate) fn api(&self) -> &ApiClient {
+        &self.api
     }
 
     /// Asks KubeVirt (>= 1.6.3) to refuse a second VNC viewer instead of
@@ -206,6 +247,20 @@ impl KubeVirtBackend {
 impl Backend for KubeVirtBackend {
     fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a> {
         Box::pin(self.open(target))
+    }
+
+    fn list_vms<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VmSummary>, UpstreamError>> {
+        Box::pin(async move { crate::vm_index::listing(self.vms.as_deref(), namespace) })
+    }
+
+    fn screenshot<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+    ) -> BoxFuture<'a, Result<bytes::Bytes, UpstreamError>> {
+        Box::pin(crate::screenshot::kubevirt_screenshot(self, target))
     }
 }
 
