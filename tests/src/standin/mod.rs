@@ -9,6 +9,7 @@ mod admission;
 mod kubevirt;
 mod path;
 mod rest;
+mod screenshot;
 mod selector;
 mod status;
 mod store;
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use admission::AdmissionHook;
 pub use kubevirt::{PLAIN_PROTOCOL, UpstreamAddr, Vmi};
 pub use rest::{NAMESPACE_CONTROLLER, NAMESPACE_NAME_LABEL};
+pub use screenshot::{ScreenshotMode, encode_png};
 
 use crate::certs::TestCa;
 use path::{ApiPath, ResourceType, Route};
@@ -434,6 +436,52 @@ impl StandIn {
             &format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}"),
             obj,
         );
+    }
+
+    /// Adds (or replaces) a `kubevirt.io/v1` VirtualMachine whose template has (or lacks) a
+    /// screen and a serial console, with `spec.runStrategy` as given (`Halted` for a stopped VM).
+    pub fn add_vm(&self, ns: &str, name: &str, run_strategy: &str, screen: bool, console: bool) {
+        let obj = json!({
+            "metadata": { "name": name, "namespace": ns },
+            "spec": {
+                "runStrategy": run_strategy,
+                "template": { "spec": { "domain": { "devices": {
+                    "autoattachGraphicsDevice": screen,
+                    "autoattachSerialConsole": console,
+                } } } }
+            },
+            "status": { "printableStatus": if run_strategy == "Halted" { "Stopped" } else { "Running" } },
+        });
+        self.put_json(
+            &format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"),
+            obj,
+        );
+    }
+
+    /// Deletes a VMI (a DELETED event; its sessions end as when a VM stops).
+    pub fn delete_vmi(&self, ns: &str, name: &str) {
+        self.delete_json(&format!(
+            "/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}"
+        ));
+    }
+
+    /// Which KubeVirt version's screenshot behaviour to copy (default [`ScreenshotMode::Libvirt`]),
+    /// and how long each capture waits before reading the screen (to make captures overlap).
+    pub fn set_screenshot_mode(&self, mode: ScreenshotMode, delay: Duration) {
+        *self
+            .shared()
+            .kubevirt
+            .screenshot_setup
+            .lock()
+            .expect("kubevirt lock") = (mode, delay);
+    }
+
+    /// The screenshot requests received so far.
+    pub fn screenshot_requests(&self) -> Vec<RecordedRequest> {
+        self.subresource_requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/vnc/screenshot"))
+            .collect()
     }
 
     /// Changes a VMI's `status.phase` (a MODIFIED event for VMI watchers).

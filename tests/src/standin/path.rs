@@ -152,6 +152,7 @@ pub struct ApiPath {
 pub enum Route {
     Resource(ApiPath),
     /// `/apis/subresources.kubevirt.io/{v1,v1alpha3}/namespaces/{ns}/virtualmachineinstances/{name}/{kind}`
+    /// (`kind` is `vnc`, `console`, or `vnc/screenshot`)
     KubeVirtSubresource {
         namespace: String,
         name: String,
@@ -177,6 +178,15 @@ pub fn route(path: &str) -> Route {
                     namespace: ns.to_string(),
                     name: name.to_string(),
                     kind: kind.to_string(),
+                }
+            }
+            ["namespaces", ns, "virtualmachineinstances", name, "vnc", "screenshot"]
+                if matches!(version, "v1" | "v1alpha3") =>
+            {
+                Route::KubeVirtSubresource {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    kind: "vnc/screenshot".to_string(),
                 }
             }
             _ => Route::NotFound,
