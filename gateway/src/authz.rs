@@ -58,7 +58,11 @@ pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Gra
 ///
 /// # Errors
 /// As [`authorize`]: not ready, or one "not yours" for every other case.
-pub fn authorize_lab(namespace: &str, claims: &Claims, index: &LabIndex) -> Result<String, Refusal> {
+pub fn authorize_lab(
+    namespace: &str,
+    claims: &Claims,
+    index: &LabIndex,
+) -> Result<String, Refusal> {
     if claims.lab.as_deref().is_some_and(|l| l != namespace) {
         return Err(Refusal::NotYours);
     }

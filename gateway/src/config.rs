@@ -228,11 +228,19 @@ pub struct Config {
     // --- lab listings and screenshots -----------------------------------------
     /// VMs kept per lab in the VM index behind `GET /labs/{lab}` and screenshots;
     /// more are left out (counted in labgate_gateway_vm_index_dropped_total, logged).
-    #[arg(long, env = "LABGATE_GATEWAY_VM_INDEX_MAX_PER_LAB", default_value_t = 500)]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_VM_INDEX_MAX_PER_LAB",
+        default_value_t = 500
+    )]
     pub vm_index_max_per_lab: usize,
 
     /// VMs kept in the VM index over all labs.
-    #[arg(long, env = "LABGATE_GATEWAY_VM_INDEX_MAX_TOTAL", default_value_t = 50_000)]
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_VM_INDEX_MAX_TOTAL",
+        default_value_t = 50_000
+    )]
     pub vm_index_max_total: usize,
 
     /// How long a VM's screenshot is served from the cache; requests for one VM

@@ -63,9 +63,7 @@ impl Gateway {
             return refused;
         }
         let answer = async {
-            let claims = self
-                .lab_claims(lab.token.as_deref(), req.headers())
-                .await?;
+            let claims = self.lab_claims(lab.token.as_deref(), req.headers()).await?;
             let user = authz::authorize_lab(&lab.namespace, &claims, &self.shared.index)
                 .map_err(|r| (Some(claims.sub.clone()), r))?;
             let vms = self
@@ -148,9 +146,13 @@ impl Gateway {
                     .unwrap_or_default()
             }
             Err(Failure::Unsupported) => self.unsupported("screenshot"),
-            Err(Failure::Refused((user, refusal))) => {
-                self.lab_refusal("screenshot", user.as_deref(), &route.namespace, &route.vmi, refusal)
-            }
+            Err(Failure::Refused((user, refusal))) => self.lab_refusal(
+                "screenshot",
+                user.as_deref(),
+                &route.namespace,
+                &route.vmi,
+                refusal,
+            ),
         }
     }
 
@@ -184,17 +186,13 @@ impl Gateway {
                 return Err(Failure::Refused((None, Refusal::BadRequest)));
             }
         };
-        self.shared
-            .verifier
-            .verify(&token)
-            .await
-            .map_err(|e| {
-                let refusal = match e {
-                    TokenError::Expired => Refusal::TokenExpired,
-                    TokenError::Invalid => Refusal::BadToken,
-                };
-                Failure::Refused((None, refusal))
-            })
+        self.shared.verifier.verify(&token).await.map_err(|e| {
+            let refusal = match e {
+                TokenError::Expired => Refusal::TokenExpired,
+                TokenError::Invalid => Refusal::BadToken,
+            };
+            Failure::Refused((None, refusal))
+        })
     }
 
     fn count(&self, endpoint: &str, outcome: &str) {
@@ -236,9 +234,10 @@ fn only_get<B>(req: &Request<B>) -> Option<GatewayResponse> {
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":"method_not_allowed","reason":"only GET"}"#.into(),
         );
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
         response
     })
 }

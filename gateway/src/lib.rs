@@ -13,7 +13,7 @@
 //! - [`server`]: [`Gateway`], the hyper service: the request pipeline of a session.
 //! - [`listener`]: serving a gateway: accept loop, admin listener, drain on shutdown.
 //! - [`respond`]: the websocket handshake answer and small response bodies.
-//! - [`route`]: `/labs/{namespace}/{vmi}/{kind}` parsing and name validation.
+//! - [`route`]: `/labs/{namespace}/{vmi}/{kind}`, `/labs/{lab}` and `…/{vm}/screenshot` parsing and name validation.
 //! - [`credentials`]: where the token comes from; subprotocol negotiation.
 //! - [`token`]: JWT verification with pinned algorithms, key files and a cache.
 //! - [`index`]: the lab-ownership index (exempt namespaces, malformed labs, staleness).

@@ -306,7 +306,10 @@ mod tests {
             ("/labs/Lab", None),
             ("/labs/lab-1", Some("token=a.b.c&token=x.y.z")),
             ("/labs/lab-1/vm%2Fa/screenshot", None),
-            ("/labs/lab-1/vm-a/screenshot", Some("token=a.b.c&token=x.y.z")),
+            (
+                "/labs/lab-1/vm-a/screenshot",
+                Some("token=a.b.c&token=x.y.z"),
+            ),
             // No path token for these: it would end up in access logs of every proxy.
             ("/labs/lab-1/vm-a/screenshot/a.b.c", None),
         ] {

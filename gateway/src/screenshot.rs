@@ -207,7 +207,9 @@ async fn fetch(
         .collect()
         .await
         .map_err(|e| {
-            UpstreamError::Transport(format!("reading the screenshot (limit {max_bytes} bytes): {e}"))
+            UpstreamError::Transport(format!(
+                "reading the screenshot (limit {max_bytes} bytes): {e}"
+            ))
         })?
         .to_bytes();
     if status != StatusCode::OK {

@@ -112,7 +112,8 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Gateway {
         let sessions = Sessions::new(settings.limits);
-        let screenshots = crate::screenshot::Screenshots::new(settings.screenshots, metrics.clone());
+        let screenshots =
+            crate::screenshot::Screenshots::new(settings.screenshots, metrics.clone());
         Gateway {
             shared: Arc::new(Shared {
                 screenshots,

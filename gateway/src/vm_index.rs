@@ -123,10 +123,7 @@ impl Observed {
             Source::Vm => object.pointer("/spec/template/spec/domain/devices"),
         };
         let attached = |field: &str| {
-            devices
-                .and_then(|d| d.get(field))
-                .and_then(Value::as_bool)
-                != Some(false)
+            devices.and_then(|d| d.get(field)).and_then(Value::as_bool) != Some(false)
         };
         let phase = (source == Source::Vmi).then(|| {
             let phase = object
@@ -267,11 +264,7 @@ impl VmIndex {
             inner
                 .labs
                 .get(namespace)
-                .map(|vms| {
-                    vms.iter()
-                        .filter_map(|(name, e)| e.summary(name))
-                        .collect()
-                })
+                .map(|vms| vms.iter().filter_map(|(name, e)| e.summary(name)).collect())
                 .unwrap_or_default(),
         )
     }
@@ -542,14 +535,22 @@ mod tests {
 
     #[test]
     fn a_vm_without_vmi_is_stopped_and_a_vmi_wins() {
-        let index = VmIndex::new(labs(&["lab-a"]), VmIndexLimits::default(), Arc::new(Metrics::new()));
+        let index = VmIndex::new(
+            labs(&["lab-a"]),
+            VmIndexLimits::default(),
+            Arc::new(Metrics::new()),
+        );
         let vm = Observed {
             phase: None,
             screen: true,
             console: false,
         };
         index.replace_all(Source::Vm, vec![("lab-a".into(), "vm1".into(), vm)]);
-        assert_eq!(index.summaries("lab-a"), None, "not synced before VMIs are listed");
+        assert_eq!(
+            index.summaries("lab-a"),
+            None,
+            "not synced before VMIs are listed"
+        );
         index.replace_all(Source::Vmi, vec![]);
         let listed = index.summaries("lab-a").unwrap();
         assert_eq!(listed[0].phase, VmPhase::Stopped);

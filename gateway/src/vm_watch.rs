@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, WatchEvent, WatchParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, WatchEvent, WatchParams,
+};
 use tokio::sync::watch;
 
 use crate::apiclient::ApiClient;
@@ -191,7 +193,11 @@ async fn list(
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => {
-                tracing::debug!(resource = source.resource(), kept = fresh.len(), "VM index listed");
+                tracing::debug!(
+                    resource = source.resource(),
+                    kept = fresh.len(),
+                    "VM index listed"
+                );
                 index.replace_all(source, fresh);
                 return Ok(page.metadata.resource_version.unwrap_or_default());
             }
@@ -234,7 +240,12 @@ async fn follow(
             WatchEvent::Added(object) | WatchEvent::Modified(object) => {
                 remember(rv, &object);
                 if let Some((ns, name)) = key(&object) {
-                    index.apply(source, ns, name, Some(Observed::from_object(source, &object.data)));
+                    index.apply(
+                        source,
+                        ns,
+                        name,
+                        Some(Observed::from_object(source, &object.data)),
+                    );
                 }
             }
             WatchEvent::Deleted(object) => {

@@ -45,7 +45,12 @@ fn bearer(token: &str) -> String {
 async fn listing(env: &Env, lab: &str, token: &str) -> (u16, Value) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, _, body) = get(env, &format!("/labs/{lab}"), &[("authorization", &bearer(token))]).await;
+        let (status, _, body) = get(
+            env,
+            &format!("/labs/{lab}"),
+            &[("authorization", &bearer(token))],
+        )
+        .await;
         let value: Value = serde_json::from_slice(&body).unwrap();
         if status != 503 || Instant::now() > deadline {
             return (status, value);
@@ -80,7 +85,10 @@ async fn wait_phase(env: &Env, token: &str, vm: &str, phase: &str, within: Durat
     let deadline = Instant::now() + within;
     loop {
         let (_, listed) = listing(env, "lab-alice", token).await;
-        if vms(&listed).iter().any(|(n, p, _, _)| n == vm && p == phase) {
+        if vms(&listed)
+            .iter()
+            .any(|(n, p, _, _)| n == vm && p == phase)
+        {
             return;
         }
         assert!(
@@ -116,7 +124,8 @@ fn pixel(png_bytes: &[u8], x: u32, y: u32) -> (u32, u32, [u8; 3]) {
 async fn lab_listing_for_owner_member_and_stranger() {
     let env = start(Options::default()).await.unwrap();
     // A stopped VM: a VirtualMachine without a VMI, no serial console in its template.
-    env.standin.add_vm("lab-alice", "halted", "Halted", true, false);
+    env.standin
+        .add_vm("lab-alice", "halted", "Halted", true, false);
     env.standin.add_vm("lab-alice", "vm1", "Always", true, true);
     let expected = vec![
         row("failed", "Failed", true, true),
@@ -140,17 +149,31 @@ async fn lab_listing_for_owner_member_and_stranger() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let (_, headers, _) = get(&env, &format!("/labs/lab-alice?token={}", env.token(ALICE)), &[]).await;
+    let (_, headers, _) = get(
+        &env,
+        &format!("/labs/lab-alice?token={}", env.token(ALICE)),
+        &[],
+    )
+    .await;
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["cache-control"], "no-store");
 
     // A stranger gets the session refusal, body and all, for this lab and for a missing one.
     let bob = env.token(BOB);
-    let (session_status, _, session_body) =
-        get(&env, "/labs/lab-alice/vm1/vnc", &[("authorization", &bearer(&bob))]).await;
+    let (session_status, _, session_body) = get(
+        &env,
+        "/labs/lab-alice/vm1/vnc",
+        &[("authorization", &bearer(&bob))],
+    )
+    .await;
     assert_eq!(session_status, 403);
     for lab in ["lab-alice", "no-such-lab"] {
-        let (status, _, body) = get(&env, &format!("/labs/{lab}"), &[("authorization", &bearer(&bob))]).await;
+        let (status, _, body) = get(
+            &env,
+            &format!("/labs/{lab}"),
+            &[("authorization", &bearer(&bob))],
+        )
+        .await;
         assert_eq!(status, 403, "{lab}");
         assert_eq!(body, session_body, "{lab}");
         let body: Value = serde_json::from_slice(&body).unwrap();
@@ -168,7 +191,10 @@ async fn scope_claims_filter_the_listing() {
     let env = start(Options::default()).await.unwrap();
     let scoped = |extra: Value| {
         let mut claims = json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() + 600});
-        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         env.sign(claims)
     };
     let (status, listed) = listing(&env, "lab-alice", &scoped(json!({"vmi": "vm1"}))).await;
@@ -270,7 +296,10 @@ async fn screenshot_shows_the_screen_through_the_subresource() {
         requests[0].path,
         "/apis/subresources.kubevirt.io/v1/namespaces/lab-alice/virtualmachineinstances/vm1/vnc/screenshot"
     );
-    assert_eq!(requests[0].user.as_deref(), Some(labgate_tests::standin::GATEWAY_USER));
+    assert_eq!(
+        requests[0].user.as_deref(),
+        Some(labgate_tests::standin::GATEWAY_USER)
+    );
     // The member may take it too, with the query token (served from the cache).
     let cached = Instant::now();
     let (status, _, again) = get(
@@ -307,20 +336,46 @@ async fn screenshots_are_cached_and_taken_once_for_concurrent_requests() {
         assert_eq!(*status, 200);
         assert_eq!(png, &answers[0].2);
     }
-    assert_eq!(env.standin.screenshot_requests().len(), 1, "one capture for the grid");
-    let (status, _, _) = get(&env, "/labs/lab-alice/vm1/screenshot", &[("authorization", &auth)]).await;
+    assert_eq!(
+        env.standin.screenshot_requests().len(),
+        1,
+        "one capture for the grid"
+    );
+    let (status, _, _) = get(
+        &env,
+        "/labs/lab-alice/vm1/screenshot",
+        &[("authorization", &auth)],
+    )
+    .await;
     assert_eq!(status, 200);
-    assert_eq!(env.standin.screenshot_requests().len(), 1, "served from the cache");
+    assert_eq!(
+        env.standin.screenshot_requests().len(),
+        1,
+        "served from the cache"
+    );
     // Another VM is another capture.
-    let (status, _, _) = get(&env, &format!("/labs/lab-bob/vm1/screenshot?token={}", env.token(BOB)), &[]).await;
+    let (status, _, _) = get(
+        &env,
+        &format!("/labs/lab-bob/vm1/screenshot?token={}", env.token(BOB)),
+        &[],
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(env.standin.screenshot_requests().len(), 2);
     // Once the TTL has passed, the next request captures again.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let (status, _, _) = get(&env, "/labs/lab-alice/vm1/screenshot", &[("authorization", &auth)]).await;
+    let (status, _, _) = get(
+        &env,
+        "/labs/lab-alice/vm1/screenshot",
+        &[("authorization", &auth)],
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(env.standin.screenshot_requests().len(), 3);
 }
+
+/// A request (path, headers) and the expected HTTP status and close code.
+type Case = (String, Vec<(&'static str, String)>, u16, u64);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_never_reach_the_upstream() {
@@ -333,31 +388,91 @@ async fn refusals_never_reach_the_upstream() {
         b"another-secret-another-secret-000",
         jsonwebtoken::Algorithm::HS256,
     );
-    let console_only = env.sign(json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() + 600, "kind": "console"}));
+    let console_only =
+        env.sign(json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() + 600, "kind": "console"}));
     let shot = "/labs/lab-alice/vm1/screenshot";
-    let cases: Vec<(String, Vec<(&str, String)>, u16, u64)> = vec![
+    let cases: Vec<Case> = vec![
         (shot.into(), vec![], 401, 4001),
         (format!("{shot}?token=not-a-jwt"), vec![], 401, 4001),
-        (shot.into(), vec![("authorization", bearer(&wrong_key))], 401, 4001),
-        (shot.into(), vec![("authorization", bearer(&expired))], 401, 4002),
+        (
+            shot.into(),
+            vec![("authorization", bearer(&wrong_key))],
+            401,
+            4001,
+        ),
+        (
+            shot.into(),
+            vec![("authorization", bearer(&expired))],
+            401,
+            4002,
+        ),
         // Two different tokens: refused whichever is good.
-        (format!("{shot}?token={alice}"), vec![("authorization", bearer(&wrong_key))], 400, 4000),
-        (shot.into(), vec![("authorization", bearer(&env.token(BOB)))], 403, 4003),
-        (shot.into(), vec![("authorization", bearer(&console_only))], 403, 4003),
+        (
+            format!("{shot}?token={alice}"),
+            vec![("authorization", bearer(&wrong_key))],
+            400,
+            4000,
+        ),
+        (
+            shot.into(),
+            vec![("authorization", bearer(&env.token(BOB)))],
+            403,
+            4003,
+        ),
+        (
+            shot.into(),
+            vec![("authorization", bearer(&console_only))],
+            403,
+            4003,
+        ),
         // The VM index answers for VMs that cannot be captured.
-        ("/labs/lab-alice/paused/screenshot".into(), vec![("authorization", bearer(&alice))], 409, 4016),
-        ("/labs/lab-alice/headless/screenshot".into(), vec![("authorization", bearer(&alice))], 409, 4017),
-        ("/labs/lab-alice/stopped/screenshot".into(), vec![("authorization", bearer(&alice))], 409, 4006),
-        ("/labs/lab-alice/nope/screenshot".into(), vec![("authorization", bearer(&alice))], 404, 4005),
+        (
+            "/labs/lab-alice/paused/screenshot".into(),
+            vec![("authorization", bearer(&alice))],
+            409,
+            4016,
+        ),
+        (
+            "/labs/lab-alice/headless/screenshot".into(),
+            vec![("authorization", bearer(&alice))],
+            409,
+            4017,
+        ),
+        (
+            "/labs/lab-alice/stopped/screenshot".into(),
+            vec![("authorization", bearer(&alice))],
+            409,
+            4006,
+        ),
+        (
+            "/labs/lab-alice/nope/screenshot".into(),
+            vec![("authorization", bearer(&alice))],
+            404,
+            4005,
+        ),
         ("/labs/lab-alice".into(), vec![], 401, 4001),
-        ("/labs/lab-alice".into(), vec![("authorization", bearer(&expired))], 401, 4002),
-        (format!("/labs/lab-alice?token={alice}"), vec![("authorization", bearer(&wrong_key))], 400, 4000),
+        (
+            "/labs/lab-alice".into(),
+            vec![("authorization", bearer(&expired))],
+            401,
+            4002,
+        ),
+        (
+            format!("/labs/lab-alice?token={alice}"),
+            vec![("authorization", bearer(&wrong_key))],
+            400,
+            4000,
+        ),
     ];
     for (path, headers, status, code) in cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (got, _, body) = get(&env, &path, &headers).await;
         let body: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!((got, body["closeCode"].as_u64()), (status, Some(code)), "{path}: {body}");
+        assert_eq!(
+            (got, body["closeCode"].as_u64()),
+            (status, Some(code)),
+            "{path}: {body}"
+        );
     }
     assert!(
         env.standin.subresource_requests().is_empty(),
@@ -384,7 +499,11 @@ async fn a_screen_in_use_is_not_captured_where_that_would_take_it_over() {
     )
     .await;
     let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!((status, body["closeCode"].as_u64()), (409, Some(4013)), "{body}");
+    assert_eq!(
+        (status, body["closeCode"].as_u64()),
+        (409, Some(4013)),
+        "{body}"
+    );
     assert!(env.standin.screenshot_requests().is_empty());
     still_open(&mut viewer).await;
     viewer.close(None).await.unwrap();
@@ -429,7 +548,11 @@ async fn preserve_session_kubevirt_reports_a_busy_screen() {
     )
     .await;
     let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!((status, body["closeCode"].as_u64()), (409, Some(4013)), "{body}");
+    assert_eq!(
+        (status, body["closeCode"].as_u64()),
+        (409, Some(4013)),
+        "{body}"
+    );
     assert_eq!(env.standin.screenshot_requests().len(), 1);
     // KubeVirt >= 1.7 (libvirt) captures while the viewer stays.
     env.standin

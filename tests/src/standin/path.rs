@@ -180,15 +180,18 @@ pub fn route(path: &str) -> Route {
                     kind: kind.to_string(),
                 }
             }
-            ["namespaces", ns, "virtualmachineinstances", name, "vnc", "screenshot"]
-                if matches!(version, "v1" | "v1alpha3") =>
-            {
-                Route::KubeVirtSubresource {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                    kind: "vnc/screenshot".to_string(),
-                }
-            }
+            [
+                "namespaces",
+                ns,
+                "virtualmachineinstances",
+                name,
+                "vnc",
+                "screenshot",
+            ] if matches!(version, "v1" | "v1alpha3") => Route::KubeVirtSubresource {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                kind: "vnc/screenshot".to_string(),
+            },
             _ => Route::NotFound,
         };
     }

@@ -50,7 +50,11 @@ pub async fn serve(shared: &Shared, call: SubresourceCall<'_>) -> Result<Respons
         ..call
     };
     check_vmi(shared, &vnc_call)?;
-    let (mode, delay) = *shared.kubevirt.screenshot_setup.lock().expect("kubevirt lock");
+    let (mode, delay) = *shared
+        .kubevirt
+        .screenshot_setup
+        .lock()
+        .expect("kubevirt lock");
     let key = (
         vnc_call.namespace.clone(),
         vnc_call.name.clone(),
