@@ -583,3 +583,56 @@ async fn still_open(viewer: &mut Ws) {
     .await;
     assert!(quiet.is_err(), "the viewer's session ended: {quiet:?}");
 }
+
+/// The VM index keeps at most `--vm-index-max-per-lab` VMs of a lab; the rest
+/// are counted, and the other labs are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vm_index_is_capped_per_lab_with_a_metric() {
+    let env = start(Options {
+        extra_args: vec!["--vm-index-max-per-lab".into(), "3".into()],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (status, listed) = listing(&env, "lab-alice", &env.token(ALICE)).await;
+    assert_eq!(status, 200);
+    // lab-alice has five VMIs: three are kept, in the order the list gave them.
+    assert_eq!(vms(&listed).len(), 3, "{listed}");
+    let (status, listed) = listing(&env, "lab-bob", &env.token(BOB)).await;
+    assert_eq!((status, vms(&listed).len()), (200, 1));
+    let (_, metrics) = env.http("/metrics", &[]).await.unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("labgate_gateway_vm_index_dropped_total{cap=\"per_lab\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(dropped >= 2, "{dropped}");
+    assert!(
+        metrics.contains("labgate_gateway_vm_index_vms 4"),
+        "{metrics}"
+    );
+}
+
+/// Without `get` on `virtualmachineinstances/vnc/screenshot` the screenshot is
+/// the gateway's permission problem (4020), not the VM's; listings still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_screenshot_permission_is_reported_as_the_gateways() {
+    let env = start(Options::default()).await.unwrap();
+    env.standin
+        .deny_subresource(labgate_tests::standin::GATEWAY_USER, "vnc/screenshot", true);
+    let token = env.token(ALICE);
+    wait_phase(&env, &token, "vm1", "Running", Duration::from_secs(5)).await;
+    let (status, _, body) = get(
+        &env,
+        "/labs/lab-alice/vm1/screenshot",
+        &[("authorization", &bearer(&token))],
+    )
+    .await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["closeCode"].as_u64()),
+        (502, Some(4020)),
+        "{body}"
+    );
+}

@@ -208,7 +208,12 @@ pub async fn serve(
         .subresource_users
         .lock()
         .expect("rbac lock")
-        .contains(&call.user.username);
+        .contains(&call.user.username)
+        && !shared
+            .denied_subresources
+            .lock()
+            .expect("rbac lock")
+            .contains(&(call.user.username.clone(), call.kind.clone()));
     if !allowed {
         return Err(ApiError::forbidden(
             &subresource_type(),

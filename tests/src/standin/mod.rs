@@ -129,6 +129,9 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     tokens: Mutex<HashMap<String, UserInfo>>,
     subresource_users: Mutex<HashSet<String>>,
+    /// Subresources (`vnc`, `console`, `vnc/screenshot`) withheld from a user, as a ClusterRole
+    /// lacking that resource would: (username, subresource).
+    denied_subresources: Mutex<HashSet<(String, String)>>,
     /// RBAC denials on stored resources: (username, verb), e.g. `watch` on namespaces.
     denied_verbs: Mutex<HashSet<(String, String)>>,
     requests: Mutex<Vec<RecordedRequest>>,
@@ -183,6 +186,7 @@ impl StandIn {
                 UserInfo::service_account("labgate", "labgate-gateway"),
             )])),
             subresource_users: Mutex::new(HashSet::from([GATEWAY_USER.to_string()])),
+            denied_subresources: Mutex::new(HashSet::new()),
             denied_verbs: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
             kubevirt: kubevirt::KubeVirt::default(),
@@ -266,6 +270,18 @@ impl StandIn {
             .lock()
             .expect("rbac lock")
             .insert(username.to_string());
+    }
+
+    /// Withholds (`deny = true`) or gives back one KubeVirt subresource (`vnc`, `console`,
+    /// `vnc/screenshot`) from `username`: 403 Forbidden, as without that RBAC rule.
+    pub fn deny_subresource(&self, username: &str, subresource: &str, deny: bool) {
+        let mut denied = self.shared().denied_subresources.lock().expect("rbac lock");
+        let entry = (username.to_string(), subresource.to_string());
+        if deny {
+            denied.insert(entry);
+        } else {
+            denied.remove(&entry);
+        }
     }
 
     /// Writes `kubeconfig` (CA inline, `tokenFile` pointing at `kubeconfig-token`, no trailing
