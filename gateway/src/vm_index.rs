@@ -212,8 +212,9 @@ pub struct VmIndex {
     inner: RwLock<Inner>,
     /// Whether each source has completed its first list.
     synced: [AtomicBool; 2],
-    /// Labs seen by [`VmIndex::follow_labs`]; a lab not in here makes the watches relist.
-    known_labs: Mutex<HashSet<String>>,
+    /// Per source, the labs there were when it last listed: a lab missing from
+    /// either makes the watches relist ([`VmIndex::follow_labs`]).
+    known_labs: [Mutex<HashSet<String>>; 2],
     /// (cap, lab) pairs already logged since the last full list.
     logged_caps: Mutex<HashSet<(&'static str, String)>>,
     /// Bumped when the watches must relist (a namespace became a lab).
@@ -229,7 +230,7 @@ impl VmIndex {
             limits,
             inner: RwLock::new(Inner::default()),
             synced: [AtomicBool::new(false), AtomicBool::new(false)],
-            known_labs: Mutex::new(HashSet::new()),
+            known_labs: [Mutex::new(HashSet::new()), Mutex::new(HashSet::new())],
             logged_caps: Mutex::new(HashSet::new()),
             relist: watch::channel(0).0,
             metrics,
@@ -365,6 +366,21 @@ impl VmIndex {
         }
     }
 
+    /// A full list of `source` is about to be requested: the labs there are now
+    /// will be in it; any lab that appears later makes it relist.
+    pub fn begin_list(&self, source: Source) {
+        let labs: HashSet<String> = self.labs.lab_namespaces().into_iter().collect();
+        if let Ok(mut known) = self.known_labs[source.index()].lock() {
+            *known = labs;
+        }
+    }
+
+    fn is_known(&self, namespace: &str) -> bool {
+        self.known_labs
+            .iter()
+            .all(|known| known.lock().is_ok_and(|k| k.contains(namespace)))
+    }
+
     /// Replaces everything `source` said with a fresh full list and marks it synced.
     pub fn replace_all(&self, source: Source, fresh: Vec<(String, String, Observed)>) {
         if let Ok(mut logged) = self.logged_caps.lock() {
@@ -434,18 +450,9 @@ impl VmIndex {
         loop {
             match changes.recv().await {
                 Ok(ns) => {
-                    let is_lab = self.is_lab(&ns);
-                    let newly = match self.known_labs.lock() {
-                        Ok(mut known) if is_lab => known.insert(ns.to_string()),
-                        Ok(mut known) => {
-                            known.remove(&*ns);
-                            false
-                        }
-                        Err(_) => false,
-                    };
-                    if !is_lab {
+                    if !self.is_lab(&ns) {
                         self.forget_lab(&ns);
-                    } else if newly {
+                    } else if !self.is_known(&ns) {
                         self.relist.send_modify(|g| *g += 1);
                     }
                 }

@@ -174,6 +174,7 @@ async fn list(
     index: &VmIndex,
     source: Source,
 ) -> Result<String, kube::Error> {
+    index.begin_list(source);
     let mut fresh = Vec::new();
     let mut params = ListParams::default().limit(PAGE_SIZE);
     loop {

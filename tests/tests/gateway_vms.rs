@@ -636,3 +636,59 @@ async fn a_missing_screenshot_permission_is_reported_as_the_gateways() {
         "{body}"
     );
 }
+
+/// VMI and VM list requests (not watches) the stand-in has served.
+fn vm_lists(env: &Env) -> usize {
+    env.standin
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/apis/kubevirt.io/v1/") && !r.query.contains("watch="))
+        .count()
+}
+
+/// Listings and screenshots read the VM index: polling them costs the API
+/// server nothing, and a burst of new labs costs a few relists, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_load_does_not_grow_with_requests() {
+    let env = start(Options::default()).await.unwrap();
+    let token = env.token(ALICE);
+    wait_phase(&env, &token, "vm1", "Running", Duration::from_secs(5)).await;
+    // Let the start-up relists (labs arriving after the first list) settle.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = vm_lists(&env);
+    for _ in 0..20 {
+        let (status, _) = listing(&env, "lab-alice", &token).await;
+        assert_eq!(status, 200);
+        let (status, _, _) = get(
+            &env,
+            "/labs/lab-alice/paused/screenshot",
+            &[("authorization", &bearer(&token))],
+        )
+        .await;
+        assert_eq!(status, 409);
+    }
+    assert_eq!(
+        vm_lists(&env),
+        before,
+        "listings and screenshots listed VMs"
+    );
+    assert!(env.standin.subresource_requests().is_empty());
+
+    // A class's labs created at once.
+    for i in 0..10 {
+        env.standin.lab_namespace(&format!("class-{i}"), ALICE, &[]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, _) = listing(&env, "class-9", &token).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "class-9 not listed: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let relists = vm_lists(&env) - before;
+    // Two kinds, each relisting once or twice (the burst straddling a list).
+    assert!(relists <= 4, "{relists} lists for 10 new labs");
+}
