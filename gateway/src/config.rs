@@ -165,7 +165,8 @@ pub struct Config {
 
     /// Refuse a second viewer of a VM screen (close code 4013) instead of
     /// letting it take the screen over. Needs KubeVirt >= 1.6.3
-    /// (`preserveSession`); the serial console always takes over.
+    /// (`preserveSession`); the serial console always takes over. Also says
+    /// KubeVirt's screenshots cannot drop a viewer, so screens in use are captured.
     #[arg(long, env = "LABGATE_GATEWAY_VNC_PRESERVE_SESSION")]
     pub vnc_preserve_session: bool,
 

@@ -109,7 +109,7 @@ pub trait Backend: Send + Sync + 'static {
     fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a>;
 
     /// The VMs of a lab namespace (for `GET /labs/{lab}`), answered without
-    /// asking anything upstream per request. Default: no VMs known.
+    /// asking anything upstream per request. Default: not supported.
     fn list_vms<'a>(
         &'a self,
         namespace: &'a str,
