@@ -692,3 +692,48 @@ async fn api_server_load_does_not_grow_with_requests() {
     // Two kinds, each relisting once or twice (the burst straddling a list).
     assert!(relists <= 4, "{relists} lists for 10 new labs");
 }
+
+/// A capture is bounded in size and time: too big or too slow is "VM
+/// connection failed" (4012/502), and the failure is not cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_are_bounded_in_size_and_time() {
+    let env = start(Options {
+        extra_args: vec![
+            "--screenshot-max-bytes".into(),
+            "200".into(),
+            "--screenshot-timeout".into(),
+            "300ms".into(),
+        ],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    paint_root(&env);
+    let token = env.token(ALICE);
+    wait_phase(&env, &token, "vm1", "Running", Duration::from_secs(5)).await;
+    let auth = [("authorization", bearer(&token))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // An 800x600 PNG of one colour is well over 200 bytes.
+    let (status, _, body) = get(&env, "/labs/lab-alice/vm1/screenshot", &auth).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["closeCode"].as_u64()),
+        (502, Some(4012)),
+        "{body}"
+    );
+    env.standin
+        .set_screenshot_mode(ScreenshotMode::Libvirt, Duration::from_secs(1));
+    let started = Instant::now();
+    let (status, _, _) = get(&env, "/labs/lab-alice/vm1/screenshot", &auth).await;
+    assert_eq!(status, 502);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        env.standin.screenshot_requests().len(),
+        2,
+        "failures are not cached"
+    );
+}
