@@ -274,6 +274,22 @@ mod tests {
                 kind: "vnc".into()
             }
         );
+        assert_eq!(
+            route(
+                "/apis/subresources.kubevirt.io/v1/namespaces/n/virtualmachineinstances/v/vnc/screenshot"
+            ),
+            Route::KubeVirtSubresource {
+                namespace: "n".into(),
+                name: "v".into(),
+                kind: "vnc/screenshot".into()
+            }
+        );
+        assert_eq!(
+            route(
+                "/apis/subresources.kubevirt.io/v1/namespaces/n/virtualmachineinstances/v/console/screenshot"
+            ),
+            Route::NotFound
+        );
         assert_eq!(route("/apis/kubevirt.io/v1/pods"), Route::NotFound);
         assert_eq!(route("/healthz"), Route::NotFound);
         assert_eq!(route("/api/v1/pods/x"), Route::NotFound);
