@@ -52,6 +52,37 @@ pub fn authorize(route: &Route, claims: &Claims, index: &LabIndex) -> Result<Gra
     })
 }
 
+/// Decides whether `claims` may list the lab `namespace` (`GET /labs/{lab}`):
+/// the same answers as [`authorize`], with the VM and kind scope claims
+/// left to [`vm_in_scope`] and [`kind_in_scope`] per VM. Returns the user.
+///
+/// # Errors
+/// As [`authorize`]: not ready, or one "not yours" for every other case.
+pub fn authorize_lab(
+    namespace: &str,
+    claims: &Claims,
+    index: &LabIndex,
+) -> Result<String, Refusal> {
+    if claims.lab.as_deref().is_some_and(|l| l != namespace) {
+        return Err(Refusal::NotYours);
+    }
+    if !index.is_ready() {
+        return Err(Refusal::NotReady);
+    }
+    check_membership(namespace, &claims.sub, index).ok_or(Refusal::NotYours)?;
+    Ok(claims.sub.clone())
+}
+
+/// Whether the token's `vmi` scope claim (if any) allows the VM `vmi`.
+pub fn vm_in_scope(claims: &Claims, vmi: &str) -> bool {
+    claims.vmi.as_deref().is_none_or(|v| v == vmi)
+}
+
+/// Whether the token's `kind` scope claim (if any) allows `kind`.
+pub fn kind_in_scope(claims: &Claims, kind: crate::route::ConsoleKind) -> bool {
+    claims.kind.as_deref().is_none_or(|k| k == kind.as_str())
+}
+
 /// Re-checks a live session's grant after its lab changed.
 ///
 /// # Errors

@@ -208,7 +208,8 @@ pub struct Config {
 
     /// Refuse a second viewer of a VM screen (close code 4013) instead of
     /// letting it take the screen over. Needs KubeVirt >= 1.6.3
-    /// (`preserveSession`); the serial console always takes over.
+    /// (`preserveSession`); the serial console always takes over. Also says
+    /// KubeVirt's screenshots cannot drop a viewer, so screens in use are captured.
     #[arg(long, env = "LABGATE_GATEWAY_VNC_PRESERVE_SESSION")]
     pub vnc_preserve_session: bool,
 
@@ -302,6 +303,37 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
 
+    // --- lab listings and screenshots -----------------------------------------
+    /// VMs kept per lab in the VM index behind `GET /labs/{lab}` and screenshots;
+    /// more are left out (counted in labgate_gateway_vm_index_dropped_total, logged).
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_VM_INDEX_MAX_PER_LAB",
+        default_value_t = 500
+    )]
+    pub vm_index_max_per_lab: usize,
+
+    /// VMs kept in the VM index over all labs.
+    #[arg(
+        long,
+        env = "LABGATE_GATEWAY_VM_INDEX_MAX_TOTAL",
+        default_value_t = 50_000
+    )]
+    pub vm_index_max_total: usize,
+
+    /// How long a VM's screenshot is served from the cache; requests for one VM
+    /// in that time (and while a capture runs) share one capture.
+    #[arg(long, env = "LABGATE_GATEWAY_SCREENSHOT_CACHE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub screenshot_cache_ttl: Duration,
+
+    /// Time allowed for one screenshot capture.
+    #[arg(long, env = "LABGATE_GATEWAY_SCREENSHOT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub screenshot_timeout: Duration,
+
+    /// Largest screenshot accepted from KubeVirt, in bytes.
+    #[arg(long, env = "LABGATE_GATEWAY_SCREENSHOT_MAX_BYTES", default_value_t = crate::screenshot::DEFAULT_MAX_BYTES)]
+    pub screenshot_max_bytes: usize,
+
     // --- logging -------------------------------------------------------------
     /// Log format.
     #[arg(
@@ -386,6 +418,18 @@ impl Config {
                     .into(),
             );
         }
+        if self.vm_index_max_per_lab == 0
+            || self.vm_index_max_total == 0
+            || self.screenshot_cache_ttl.is_zero()
+            || self.screenshot_timeout.is_zero()
+            || self.screenshot_max_bytes == 0
+        {
+            return Err(
+                "--vm-index-max-per-lab, --vm-index-max-total, --screenshot-cache-ttl, \
+                 --screenshot-timeout and --screenshot-max-bytes must be positive"
+                    .into(),
+            );
+        }
         if self.ping_interval.is_zero() {
             return Err("--ping-interval must be positive".into());
         }
@@ -442,6 +486,14 @@ impl Config {
         }
     }
 
+    /// The VM index's caps.
+    pub fn vm_index_limits(&self) -> crate::vm_index::VmIndexLimits {
+        crate::vm_index::VmIndexLimits {
+            per_lab: self.vm_index_max_per_lab,
+            total: self.vm_index_max_total,
+        }
+    }
+
     /// Runtime settings of the gateway service.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -465,6 +517,11 @@ impl Config {
             max_message_bytes: self.max_message_bytes,
             max_session_duration: non_zero(self.max_session_duration),
             shutdown_grace: self.shutdown_grace,
+            screenshots: crate::screenshot::ScreenshotSettings {
+                cache_ttl: self.screenshot_cache_ttl,
+                timeout: self.screenshot_timeout,
+                captures_keep_viewers: self.vnc_preserve_session,
+            },
         }
     }
 

@@ -34,6 +34,15 @@ pub struct Conflict;
 /// # Errors
 /// [`Conflict`] when they carry different tokens.
 pub fn token(route: &Route, headers: &HeaderMap) -> Result<Option<String>, Conflict> {
+    token_with(route.token.as_deref(), headers)
+}
+
+/// Like [`token`], for a request whose path and query gave `from_url` (lab
+/// listings and screenshots, which take no path token).
+///
+/// # Errors
+/// [`Conflict`] when the URL and the headers carry different tokens.
+pub fn token_with(from_url: Option<&str>, headers: &HeaderMap) -> Result<Option<String>, Conflict> {
     let from_headers = headers
         .get_all(AUTHORIZATION)
         .iter()
@@ -48,10 +57,9 @@ pub fn token(route: &Route, headers: &HeaderMap) -> Result<Option<String>, Confl
         })
         .filter_map(|bytes| String::from_utf8(bytes).ok());
     let mut found: Option<String> = None;
-    for candidate in route
-        .token
-        .iter()
-        .cloned()
+    for candidate in from_url
+        .map(str::to_string)
+        .into_iter()
         .chain(from_headers)
         .chain(from_protocols)
     {

@@ -106,6 +106,19 @@ impl LabIndex {
         self.labs.read().ok()?.get(namespace).cloned()
     }
 
+    /// The well-formed labs' namespaces.
+    pub fn lab_namespaces(&self) -> Vec<String> {
+        self.labs
+            .read()
+            .map(|labs| {
+                labs.iter()
+                    .filter(|(_, e)| matches!(e.as_ref(), LabEntry::Lab(_)))
+                    .map(|(ns, _)| ns.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Number of namespaces in the index.
     pub fn len(&self) -> usize {
         self.labs.read().map(|l| l.len()).unwrap_or(0)

@@ -14,7 +14,7 @@
 //! - [`listener`]: serving a gateway: accept loop, admin listener, drain on shutdown.
 //! - [`preauth`]: the caps on connections not yet authorised (in total, per client address).
 //! - [`respond`]: the websocket handshake answer and small response bodies.
-//! - [`route`]: `/labs/{namespace}/{vmi}/{kind}` parsing and name validation.
+//! - [`route`]: `/labs/{namespace}/{vmi}/{kind}`, `/labs/{lab}` and `…/{vm}/screenshot` parsing and name validation.
 //! - [`credentials`]: where the token comes from; subprotocol negotiation.
 //! - [`token`]: JWT verification with pinned algorithms and a cache; the `kid` rule.
 //!   [`token::keys`] (key files, algorithm binding), [`token::jwks`] (JWK sets, refetch),
@@ -30,6 +30,10 @@
 //!   re-exported). [`backend::kubevirt`] opens KubeVirt subresources;
 //!   [`backend::static_targets`] opens the `tcp:`/`unix:`/`pty:` targets of a YAML file
 //!   ([`backend::targets_file`]), raw streams framed for the splice by [`backend::raw_stream`].
+//! - [`vm_index`]: each lab's VMs and their state, in memory (bounded per lab and in total).
+//! - [`vm_watch`]: the VMI and VM list+watch loops feeding the VM index.
+//! - [`lab_api`]: `GET /labs/{lab}` (the lab's VMs) and `GET /labs/{lab}/{vm}/screenshot`.
+//! - [`screenshot`]: KubeVirt's screenshot subresource, the per-VM cache and single flight.
 //! - [`splice`]: the two-way relay with backpressure, pings and close propagation.
 //! - [`refusal`]: every reason a session is refused or ended, with close codes.
 //! - [`tls`]: rustls with certificate reload; [`reload`]: file change detection.
@@ -50,6 +54,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;
+pub mod lab_api;
 pub mod listener;
 pub mod metrics;
 pub mod namespace_watch;
@@ -58,11 +63,14 @@ pub mod refusal;
 pub mod reload;
 pub mod respond;
 pub mod route;
+pub mod screenshot;
 pub mod server;
 pub mod sessions;
 pub mod splice;
 pub mod tls;
 pub mod token;
+pub mod vm_index;
+pub mod vm_watch;
 
 /// The old path of [`backend`], kept so `labgate_gateway::upstream::…` still works.
 pub use backend as upstream;
@@ -197,7 +205,23 @@ async fn serve(
                 config.watch_timeout,
             ));
         }
-        Arc::new(KubeVirtBackend::with_api(api).preserve_vnc_session(config.vnc_preserve_session))
+        // The VM index follows VMIs and VMs of labs only, so it needs the namespace watch.
+        let vms = vm_index::VmIndex::new(index.clone(), config.vm_index_limits(), metrics.clone());
+        background.spawn(vms.clone().follow_labs());
+        for source in [vm_index::Source::Vmi, vm_index::Source::Vm] {
+            background.spawn(vm_watch::watch_vms(
+                api.clone(),
+                vms.clone(),
+                source,
+                config.watch_timeout,
+            ));
+        }
+        Arc::new(
+            KubeVirtBackend::with_api(api)
+                .preserve_vnc_session(config.vnc_preserve_session)
+                .with_vm_index(vms)
+                .screenshot_max_bytes(config.screenshot_max_bytes),
+        )
     };
     if let Some(path) = &config.labs_file {
         background.spawn(index::watch_labs_file(

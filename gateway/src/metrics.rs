@@ -43,6 +43,18 @@ pub struct Metrics {
     /// Connections closed at accept because a pre-authorisation cap was
     /// reached, by reason (total, per_address).
     pub preauth_rejected: IntCounterVec,
+    /// VM names in the VM index.
+    pub vm_index_vms: IntGauge,
+    /// VMs left out of the VM index, by cap (per_lab, total).
+    pub vm_index_dropped: IntCounterVec,
+    /// Times a VM watch was re-opened or relisted, by resource.
+    pub vm_watch_restarts: IntCounterVec,
+    /// Lab listing and screenshot requests, by endpoint and outcome.
+    pub lab_requests: IntCounterVec,
+    /// Screenshots fetched from the backend (cache misses), by outcome.
+    pub screenshot_captures: IntCounterVec,
+    /// Time to fetch one screenshot from the backend.
+    pub screenshot_seconds: Histogram,
 }
 
 impl Metrics {
@@ -165,6 +177,55 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let vm_index_vms = IntGauge::new(
+            "labgate_gateway_vm_index_vms",
+            "VMs (VirtualMachines and VirtualMachineInstances by name) in the VM index.",
+        )
+        .expect("valid metric");
+        let vm_index_dropped = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_vm_index_dropped_total",
+                "VMs left out of the VM index because a cap was reached, by cap: per_lab, total.",
+            ),
+            &["cap"],
+        )
+        .expect("valid metric");
+        let vm_watch_restarts = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_vm_watch_restarts_total",
+                "Times a VM watch was re-opened or relisted, by resource: virtualmachineinstances, \
+                 virtualmachines.",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let lab_requests = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_lab_requests_total",
+                "Lab listing and screenshot requests, by endpoint (listing, screenshot) and outcome \
+                 (ok or the refusal's outcome label).",
+            ),
+            &["endpoint", "outcome"],
+        )
+        .expect("valid metric");
+        let screenshot_captures = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_screenshot_captures_total",
+                "Screenshots fetched from the VM side (cache misses; concurrent requests for one VM \
+                 share one), by outcome: ok, error.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let screenshot_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "labgate_gateway_screenshot_duration_seconds",
+                "Time to fetch one screenshot from the VM side.",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+
         for c in [
             Box::new(active_sessions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sessions.clone()),
@@ -181,6 +242,12 @@ impl Metrics {
             Box::new(jwks_keys.clone()),
             Box::new(preauth_connections.clone()),
             Box::new(preauth_rejected.clone()),
+            Box::new(vm_index_vms.clone()),
+            Box::new(vm_index_dropped.clone()),
+            Box::new(vm_watch_restarts.clone()),
+            Box::new(lab_requests.clone()),
+            Box::new(screenshot_captures.clone()),
+            Box::new(screenshot_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -206,6 +273,18 @@ impl Metrics {
         for reason in ["total", "per_address"] {
             preauth_rejected.with_label_values(&[reason]);
         }
+        for cap in ["per_lab", "total"] {
+            vm_index_dropped.with_label_values(&[cap]);
+        }
+        for resource in ["virtualmachineinstances", "virtualmachines"] {
+            vm_watch_restarts.with_label_values(&[resource]);
+        }
+        for endpoint in ["listing", "screenshot"] {
+            lab_requests.with_label_values(&[endpoint, "ok"]);
+        }
+        for outcome in ["ok", "error"] {
+            screenshot_captures.with_label_values(&[outcome]);
+        }
         Metrics {
             registry,
             active_sessions,
@@ -223,6 +302,12 @@ impl Metrics {
             jwks_keys,
             preauth_connections,
             preauth_rejected,
+            vm_index_vms,
+            vm_index_dropped,
+            vm_watch_restarts,
+            lab_requests,
+            screenshot_captures,
+            screenshot_seconds,
         }
     }
 

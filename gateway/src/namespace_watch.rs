@@ -32,27 +32,27 @@ use crate::index::{LabIndex, entry_for};
 
 /// Longest wait between failed requests.
 pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Items per list page.
-const PAGE_SIZE: u32 = 500;
+pub(crate) const PAGE_SIZE: u32 = 500;
 /// Extra time past the server-side timeout before a silent watch counts as dead.
-const IDLE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(5);
 /// A watch that ends sooner than this is not re-opened at once (a server
 /// that closes every watch straight away must not be hammered).
-const SHORT_WATCH: Duration = Duration::from_secs(1);
+pub(crate) const SHORT_WATCH: Duration = Duration::from_secs(1);
 /// While requests keep failing, one warning per this many failures.
-const WARN_EVERY: u32 = 64;
+pub(crate) const WARN_EVERY: u32 = 64;
 
 /// Exponential backoff between failed requests, with jitter so that
-/// replicas do not retry in step.
-struct Backoff {
+/// replicas do not retry in step (shared with [`crate::vm_watch`]).
+pub(crate) struct Backoff {
     next: Duration,
     /// Failed requests since the last success.
-    failures: u32,
+    pub(crate) failures: u32,
 }
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff {
             next: FIRST_BACKOFF,
             failures: 0,
@@ -60,13 +60,13 @@ impl Backoff {
     }
 
     /// A request succeeded; returns how many had failed before it.
-    fn reset(&mut self) -> u32 {
+    pub(crate) fn reset(&mut self) -> u32 {
         self.next = FIRST_BACKOFF;
         std::mem::take(&mut self.failures)
     }
 
     /// The delay before the next attempt: between half and all of the step.
-    fn delay(&mut self) -> Duration {
+    pub(crate) fn delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let step = self.next;
         self.next = (step * 2).min(MAX_BACKOFF);

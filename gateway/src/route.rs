@@ -64,11 +64,34 @@ impl fmt::Debug for Route {
     }
 }
 
+/// `GET /labs/{lab}`: the lab's VMs. Its `Debug` output never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LabRequest {
+    /// Lab namespace.
+    pub namespace: String,
+    /// Token found in the `token` query parameter (never in the path here).
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for LabRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LabRequest")
+            .field("namespace", &self.namespace)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// What a request path is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A lab session.
     Session(Route),
+    /// `GET /labs/{lab}`: the VMs of a lab.
+    LabListing(LabRequest),
+    /// `GET /labs/{lab}/{vm}/screenshot`: a PNG of the VM's screen (a [`Route`]
+    /// of kind [`ConsoleKind::Vnc`], authorised like a screen session).
+    Screenshot(Route),
     /// `/healthz`.
     Health,
     /// `/readyz`.
@@ -92,9 +115,48 @@ pub fn parse(path: &str, query: Option<&str>) -> Target {
     let Some(rest) = path.strip_prefix("/labs/") else {
         return Target::NotFound;
     };
+    if let Some(target) = parse_lab_request(rest, query) {
+        return target;
+    }
     match parse_session(rest, query) {
         Some(route) => Target::Session(route),
         None => Target::BadSession,
+    }
+}
+
+/// `{lab}` and `{lab}/{vm}/screenshot`, tokens from the query only; `None`
+/// for any other shape (a session path, or nothing valid).
+fn parse_lab_request(rest: &str, query: Option<&str>) -> Option<Target> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let bad = Some(Target::BadSession);
+    match segments.as_slice() {
+        [namespace] | [namespace, ""] => {
+            if !is_dns_label(namespace) {
+                return bad;
+            }
+            let Ok(token) = one_token(None, query) else {
+                return bad;
+            };
+            Some(Target::LabListing(LabRequest {
+                namespace: namespace.to_string(),
+                token,
+            }))
+        }
+        [namespace, vmi, "screenshot"] => {
+            if !is_dns_label(namespace) || !is_dns_label(vmi) {
+                return bad;
+            }
+            let Ok(token) = one_token(None, query) else {
+                return bad;
+            };
+            Some(Target::Screenshot(Route {
+                namespace: namespace.to_string(),
+                vmi: vmi.to_string(),
+                kind: ConsoleKind::Vnc,
+                token,
+            }))
+        }
+        _ => None,
     }
 }
 
@@ -116,21 +178,27 @@ fn parse_session(rest: &str, query: Option<&str>) -> Option<Route> {
         Some(t) => Some(t.to_string()),
         None => None,
     };
-    // Two different tokens (path and query, or the query twice): a proxy in
-    // front may check one and the gateway the other, so neither is taken.
-    let mut tokens = path_token
-        .into_iter()
-        .chain(query.into_iter().flat_map(tokens_from_query));
-    let token = tokens.next();
-    if tokens.any(|other| Some(&other) != token.as_ref()) {
-        return None;
-    }
+    let token = one_token(path_token, query).ok()?;
     Some(Route {
         namespace: namespace.to_string(),
         vmi: vmi.to_string(),
         kind,
         token,
     })
+}
+
+/// The one token of a request's path and query. Two different tokens (path
+/// and query, or the query twice): a proxy in front may check one and the
+/// gateway the other, so neither is taken.
+fn one_token(path_token: Option<String>, query: Option<&str>) -> Result<Option<String>, ()> {
+    let mut tokens = path_token
+        .into_iter()
+        .chain(query.into_iter().flat_map(tokens_from_query));
+    let token = tokens.next();
+    if tokens.any(|other| Some(&other) != token.as_ref()) {
+        return Err(());
+    }
+    Ok(token)
 }
 
 /// RFC 1123 label: lowercase alphanumerics and '-', 1-63 characters, starting
@@ -201,7 +269,6 @@ mod tests {
             "/labs/../vm/vnc",
             "/labs/lab/../vnc",
             "/labs/lab/vm%2Fx/vnc",
-            "/labs/lab/vm/screenshot",
             "/labs/lab/vm",
             "/labs/lab/vm/vnc/tok/extra",
             "/labs/-lab/vm/vnc",
@@ -215,6 +282,39 @@ mod tests {
             parse(&format!("/labs/{long}/vm/vnc"), None),
             Target::BadSession
         );
+    }
+
+    #[test]
+    fn lab_listings_and_screenshots() {
+        match parse("/labs/lab-1", Some("token=a.b.c")) {
+            Target::LabListing(r) => {
+                assert_eq!(r.namespace, "lab-1");
+                assert_eq!(r.token.as_deref(), Some("a.b.c"));
+                assert!(!format!("{r:?}").contains("a.b.c"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse("/labs/lab-1/", None), Target::LabListing(_)));
+        match parse("/labs/lab-1/vm-a/screenshot", None) {
+            Target::Screenshot(r) => {
+                assert_eq!((r.vmi.as_str(), r.kind), ("vm-a", ConsoleKind::Vnc));
+                assert_eq!(r.token, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        for (path, query) in [
+            ("/labs/Lab", None),
+            ("/labs/lab-1", Some("token=a.b.c&token=x.y.z")),
+            ("/labs/lab-1/vm%2Fa/screenshot", None),
+            (
+                "/labs/lab-1/vm-a/screenshot",
+                Some("token=a.b.c&token=x.y.z"),
+            ),
+            // No path token for these: it would end up in access logs of every proxy.
+            ("/labs/lab-1/vm-a/screenshot/a.b.c", None),
+        ] {
+            assert_eq!(parse(path, query), Target::BadSession, "{path}?{query:?}");
+        }
     }
 
     /// A proxy in front may check one token and the gateway another: a

@@ -62,6 +62,8 @@ pub struct Settings {
     pub max_session_duration: Option<Duration>,
     /// On shutdown, how long sessions may go on before they are closed.
     pub shutdown_grace: Duration,
+    /// Screenshot cache, timeout and takeover guard.
+    pub screenshots: crate::screenshot::ScreenshotSettings,
 }
 
 impl Settings {
@@ -85,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Arc<Sessions>,
     /// Connections accepted by [`Gateway::serve`] and not yet authorised.
     pub(crate) preauth: Arc<PreAuth>,
+    /// Screenshot cache and single flight ([`crate::lab_api`]).
+    pub(crate) screenshots: crate::screenshot::Screenshots,
     pub(crate) draining: AtomicBool,
     /// `/healthz`, `/readyz`, `/metrics` are served by [`Gateway::handle`] too
     /// (false once an admin listener serves them instead).
@@ -118,8 +122,11 @@ impl Gateway {
             metrics.preauth_connections.clone(),
             metrics.preauth_rejected.clone(),
         );
+        let screenshots =
+            crate::screenshot::Screenshots::new(settings.screenshots, metrics.clone());
         Gateway {
             shared: Arc::new(Shared {
+                screenshots,
                 settings,
                 verifier,
                 index,
@@ -164,6 +171,8 @@ impl Gateway {
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {
         match route::parse(req.uri().path(), req.uri().query()) {
             Target::Session(route) => self.session(req, route).await,
+            Target::LabListing(lab) => self.lab_listing(req, lab).await,
+            Target::Screenshot(route) => self.screenshot(req, route).await,
             Target::BadSession => self.refuse(req, None, None, Refusal::BadRequest),
             other if self.shared.admin_on_main.load(Ordering::Acquire) => self.admin(&other),
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),

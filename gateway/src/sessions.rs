@@ -197,6 +197,13 @@ impl Sessions {
         }
     }
 
+    /// Whether a session of this gateway holds `key` now.
+    pub fn is_held(&self, key: &ConsoleKey) -> bool {
+        self.consoles
+            .lock()
+            .is_ok_and(|consoles| consoles.contains_key(key))
+    }
+
     /// Sessions open now.
     pub fn open_sessions(&self) -> usize {
         self.limits.max_sessions - self.global.available_permits()

@@ -201,6 +201,11 @@ def test_rbac_has_no_wildcards_and_only_documented_verbs(rendered):
         ("", "namespaces", "watch"),
         ("subresources.kubevirt.io", "virtualmachineinstances/vnc", "get"),
         ("subresources.kubevirt.io", "virtualmachineinstances/console", "get"),
+        ("subresources.kubevirt.io", "virtualmachineinstances/vnc/screenshot", "get"),
+        ("kubevirt.io", "virtualmachineinstances", "list"),
+        ("kubevirt.io", "virtualmachineinstances", "watch"),
+        ("kubevirt.io", "virtualmachines", "list"),
+        ("kubevirt.io", "virtualmachines", "watch"),
     }
 
 

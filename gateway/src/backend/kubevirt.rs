@@ -14,7 +14,7 @@ use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
+use super::{Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmSummary};
 use crate::apiclient::ApiClient;
 use crate::route::ConsoleKind;
 
@@ -29,6 +29,10 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub struct KubeVirtBackend {
     api: std::sync::Arc<ApiClient>,
     preserve_vnc_session: bool,
+    /// VM states for listings and the screenshot pre-check ([`crate::screenshot`]).
+    pub(crate) vms: Option<std::sync::Arc<crate::vm_index::VmIndex>>,
+    /// Largest screenshot accepted from virt-api.
+    pub(crate) screenshot_max_bytes: usize,
 }
 
 impl KubeVirtBackend {
@@ -42,7 +46,14 @@ impl KubeVirtBackend {
         KubeVirtBackend {
             api,
             preserve_vnc_session: false,
+            vms: None,
+            screenshot_max_bytes: crate::screenshot::DEFAULT_MAX_BYTES,
         }
+    }
+
+    /// The API client (shared with the VM watches and screenshots).
+    pub(crate) fn api(&self) -> &ApiClient {
+        &self.api
     }
 
     /// Asks KubeVirt (>= 1.6.3) to refuse a second VNC viewer instead of
@@ -128,6 +139,20 @@ impl KubeVirtBackend {
 impl Backend for KubeVirtBackend {
     fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a> {
         Box::pin(self.open(target))
+    }
+
+    fn list_vms<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VmSummary>, UpstreamError>> {
+        Box::pin(async move { crate::vm_index::listing(self.vms.as_deref(), namespace) })
+    }
+
+    fn screenshot<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+    ) -> BoxFuture<'a, Result<bytes::Bytes, UpstreamError>> {
+        Box::pin(crate::screenshot::kubevirt_screenshot(self, target))
     }
 }
 

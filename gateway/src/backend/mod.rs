@@ -25,6 +25,7 @@ use crate::route::ConsoleKind;
 
 pub use kubevirt::{KUBEVIRT_PROTOCOL, KubeVirtBackend, classify_refusal};
 pub use static_targets::StaticBackend;
+pub use crate::vm_index::{VmPhase, VmSummary};
 
 /// The byte stream under an upstream websocket.
 pub enum UpstreamIo {
@@ -64,6 +65,10 @@ pub enum UpstreamError {
     Transport(String),
     #[error("upstream did not answer in time")]
     Timeout,
+    #[error("this backend does not support that")]
+    Unsupported,
+    #[error("the VM list is not loaded yet")]
+    NotReady,
 }
 
 impl UpstreamError {
@@ -76,9 +81,11 @@ impl UpstreamError {
             UpstreamError::Unauthorized(_) | UpstreamError::Forbidden(_) => {
                 Refusal::GatewayUnauthorized
             }
-            UpstreamError::Status { .. } | UpstreamError::Transport(_) | UpstreamError::Timeout => {
-                Refusal::UpstreamError
-            }
+            UpstreamError::Status { .. }
+            | UpstreamError::Transport(_)
+            | UpstreamError::Timeout
+            | UpstreamError::Unsupported => Refusal::UpstreamError,
+            UpstreamError::NotReady => Refusal::NotReady,
         }
     }
 }
@@ -92,7 +99,30 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens the console `target` and completes the websocket handshake (the
     /// gateway is the client); returns the connection, ready for frames.
     fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a>;
+
+    /// The VMs of a lab namespace (for `GET /labs/{lab}`), answered without
+    /// asking anything upstream per request. Default: not supported.
+    fn list_vms<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VmSummary>, UpstreamError>> {
+        let _ = namespace;
+        Box::pin(async { Err(UpstreamError::Unsupported) })
+    }
+
+    /// A PNG of the VM's screen (`target.kind` is `Vnc`), bounded in size
+    /// by the backend. Default: not supported.
+    fn screenshot<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+    ) -> BoxFuture<'a, Result<bytes::Bytes, UpstreamError>> {
+        let _ = target;
+        Box::pin(async { Err(UpstreamError::Unsupported) })
+    }
 }
+
+/// Boxed future of the [`Backend`] methods.
+pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
 
 impl AsyncRead for UpstreamIo {
     fn poll_read(

@@ -68,6 +68,8 @@ pub struct KubeVirt {
     upstreams: Mutex<HashMap<(String, String), Vmi>>,
     sessions: Mutex<HashMap<SessionKey, Session>>,
     next_session: AtomicU64,
+    /// Which KubeVirt's screenshots to copy, and a delay before each capture.
+    pub(crate) screenshot_setup: Mutex<(super::screenshot::ScreenshotMode, std::time::Duration)>,
 }
 
 type SessionKey = (String, String, String);
@@ -85,7 +87,7 @@ impl KubeVirt {
             .insert((ns.to_string(), name.to_string()), vmi);
     }
 
-    fn upstream(&self, ns: &str, name: &str, kind: &str) -> Option<UpstreamAddr> {
+    pub(crate) fn upstream(&self, ns: &str, name: &str, kind: &str) -> Option<UpstreamAddr> {
         let upstreams = self.upstreams.lock().expect("kubevirt lock");
         let vmi = upstreams.get(&(ns.to_string(), name.to_string()))?;
         match kind {
@@ -94,7 +96,7 @@ impl KubeVirt {
         }
     }
 
-    fn has_session(&self, key: &SessionKey) -> bool {
+    pub(crate) fn has_session(&self, key: &SessionKey) -> bool {
         self.sessions
             .lock()
             .expect("session lock")
@@ -102,7 +104,7 @@ impl KubeVirt {
     }
 
     /// Registers a new session, kicking the previous one for the same VMI and kind.
-    fn open_session(&self, key: SessionKey) -> (u64, CancellationToken) {
+    pub(crate) fn open_session(&self, key: SessionKey) -> (u64, CancellationToken) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let kick = CancellationToken::new();
         let previous = self.sessions.lock().expect("session lock").insert(
@@ -118,7 +120,7 @@ impl KubeVirt {
         (id, kick)
     }
 
-    fn close_session(&self, key: &SessionKey, id: u64) {
+    pub(crate) fn close_session(&self, key: &SessionKey, id: u64) {
         let mut sessions = self.sessions.lock().expect("session lock");
         if sessions.get(key).is_some_and(|s| s.id == id) {
             sessions.remove(key);
@@ -199,14 +201,19 @@ pub async fn serve(
     if req.method() != hyper::Method::GET {
         return Err(ApiError::method_not_allowed());
     }
-    if !matches!(call.kind.as_str(), "vnc" | "console") {
+    if !matches!(call.kind.as_str(), "vnc" | "console" | "vnc/screenshot") {
         return Err(ApiError::no_such_path());
     }
     let allowed = shared
         .subresource_users
         .lock()
         .expect("rbac lock")
-        .contains(&call.user.username);
+        .contains(&call.user.username)
+        && !shared
+            .denied_subresources
+            .lock()
+            .expect("rbac lock")
+            .contains(&(call.user.username.clone(), call.kind.clone()));
     if !allowed {
         return Err(ApiError::forbidden(
             &subresource_type(),
@@ -216,6 +223,9 @@ pub async fn serve(
                 call.user.username, call.kind, call.namespace
             ),
         ));
+    }
+    if call.kind == "vnc/screenshot" {
+        return super::screenshot::serve(shared, call).await;
     }
     check_vmi(shared, &call)?;
     let key: SessionKey = (call.namespace.clone(), call.name.clone(), call.kind.clone());
@@ -266,7 +276,7 @@ pub async fn serve(
 /// virt-api's validation order: device present, not Failed (console), not paused, Running.
 /// The paused check and its 409 "VMI is paused" follow the VNC and console handlers'
 /// `validate` in KubeVirt's pkg/virt-api/rest/subresource.go (console.go in newer releases).
-fn check_vmi(shared: &Shared, call: &SubresourceCall<'_>) -> Result<(), ApiError> {
+pub(crate) fn check_vmi(shared: &Shared, call: &SubresourceCall<'_>) -> Result<(), ApiError> {
     let vmi_rt =
         ResourceType::lookup("kubevirt.io", "v1", "virtualmachineinstances").expect("VMIs served");
     let (phase, paused) = {
@@ -362,10 +372,10 @@ fn websocket_key(req: &Request<Incoming>) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request("websocket: not a websocket handshake: 'Sec-WebSocket-Key' header is missing or blank"))
 }
 
-trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}
 
-async fn dial(addr: &UpstreamAddr) -> std::io::Result<Box<dyn Upstream>> {
+pub(crate) async fn dial(addr: &UpstreamAddr) -> std::io::Result<Box<dyn Upstream>> {
     Ok(match addr {
         UpstreamAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
         UpstreamAddr::Tcp(addr) => Box::new(tokio::net::TcpStream::connect(addr).await?),

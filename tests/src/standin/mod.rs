@@ -9,6 +9,7 @@ mod admission;
 mod kubevirt;
 mod path;
 mod rest;
+mod screenshot;
 mod selector;
 mod status;
 mod store;
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use admission::AdmissionHook;
 pub use kubevirt::{PLAIN_PROTOCOL, UpstreamAddr, Vmi};
 pub use rest::{NAMESPACE_CONTROLLER, NAMESPACE_NAME_LABEL};
+pub use screenshot::{ScreenshotMode, encode_png};
 
 use crate::certs::TestCa;
 use path::{ApiPath, ResourceType, Route};
@@ -127,6 +129,9 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     tokens: Mutex<HashMap<String, UserInfo>>,
     subresource_users: Mutex<HashSet<String>>,
+    /// Subresources (`vnc`, `console`, `vnc/screenshot`) withheld from a user, as a ClusterRole
+    /// lacking that resource would: (username, subresource).
+    denied_subresources: Mutex<HashSet<(String, String)>>,
     /// RBAC denials on stored resources: (username, verb), e.g. `watch` on namespaces.
     denied_verbs: Mutex<HashSet<(String, String)>>,
     requests: Mutex<Vec<RecordedRequest>>,
@@ -181,6 +186,7 @@ impl StandIn {
                 UserInfo::service_account("labgate", "labgate-gateway"),
             )])),
             subresource_users: Mutex::new(HashSet::from([GATEWAY_USER.to_string()])),
+            denied_subresources: Mutex::new(HashSet::new()),
             denied_verbs: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
             kubevirt: kubevirt::KubeVirt::default(),
@@ -264,6 +270,18 @@ impl StandIn {
             .lock()
             .expect("rbac lock")
             .insert(username.to_string());
+    }
+
+    /// Withholds (`deny = true`) or gives back one KubeVirt subresource (`vnc`, `console`,
+    /// `vnc/screenshot`) from `username`: 403 Forbidden, as without that RBAC rule.
+    pub fn deny_subresource(&self, username: &str, subresource: &str, deny: bool) {
+        let mut denied = self.shared().denied_subresources.lock().expect("rbac lock");
+        let entry = (username.to_string(), subresource.to_string());
+        if deny {
+            denied.insert(entry);
+        } else {
+            denied.remove(&entry);
+        }
     }
 
     /// Writes `kubeconfig` (CA inline, `tokenFile` pointing at `kubeconfig-token`, no trailing
@@ -434,6 +452,52 @@ impl StandIn {
             &format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}"),
             obj,
         );
+    }
+
+    /// Adds (or replaces) a `kubevirt.io/v1` VirtualMachine whose template has (or lacks) a
+    /// screen and a serial console, with `spec.runStrategy` as given (`Halted` for a stopped VM).
+    pub fn add_vm(&self, ns: &str, name: &str, run_strategy: &str, screen: bool, console: bool) {
+        let obj = json!({
+            "metadata": { "name": name, "namespace": ns },
+            "spec": {
+                "runStrategy": run_strategy,
+                "template": { "spec": { "domain": { "devices": {
+                    "autoattachGraphicsDevice": screen,
+                    "autoattachSerialConsole": console,
+                } } } }
+            },
+            "status": { "printableStatus": if run_strategy == "Halted" { "Stopped" } else { "Running" } },
+        });
+        self.put_json(
+            &format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"),
+            obj,
+        );
+    }
+
+    /// Deletes a VMI (a DELETED event; its sessions end as when a VM stops).
+    pub fn delete_vmi(&self, ns: &str, name: &str) {
+        self.delete_json(&format!(
+            "/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}"
+        ));
+    }
+
+    /// Which KubeVirt version's screenshot behaviour to copy (default [`ScreenshotMode::Libvirt`]),
+    /// and how long each capture waits before reading the screen (to make captures overlap).
+    pub fn set_screenshot_mode(&self, mode: ScreenshotMode, delay: Duration) {
+        *self
+            .shared()
+            .kubevirt
+            .screenshot_setup
+            .lock()
+            .expect("kubevirt lock") = (mode, delay);
+    }
+
+    /// The screenshot requests received so far.
+    pub fn screenshot_requests(&self) -> Vec<RecordedRequest> {
+        self.subresource_requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/vnc/screenshot"))
+            .collect()
     }
 
     /// Changes a VMI's `status.phase` (a MODIFIED event for VMI watchers).

@@ -152,6 +152,7 @@ pub struct ApiPath {
 pub enum Route {
     Resource(ApiPath),
     /// `/apis/subresources.kubevirt.io/{v1,v1alpha3}/namespaces/{ns}/virtualmachineinstances/{name}/{kind}`
+    /// (`kind` is `vnc`, `console`, or `vnc/screenshot`)
     KubeVirtSubresource {
         namespace: String,
         name: String,
@@ -179,6 +180,18 @@ pub fn route(path: &str) -> Route {
                     kind: kind.to_string(),
                 }
             }
+            [
+                "namespaces",
+                ns,
+                "virtualmachineinstances",
+                name,
+                "vnc",
+                "screenshot",
+            ] if matches!(version, "v1" | "v1alpha3") => Route::KubeVirtSubresource {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                kind: "vnc/screenshot".to_string(),
+            },
             _ => Route::NotFound,
         };
     }
@@ -260,6 +273,22 @@ mod tests {
                 name: "v".into(),
                 kind: "vnc".into()
             }
+        );
+        assert_eq!(
+            route(
+                "/apis/subresources.kubevirt.io/v1/namespaces/n/virtualmachineinstances/v/vnc/screenshot"
+            ),
+            Route::KubeVirtSubresource {
+                namespace: "n".into(),
+                name: "v".into(),
+                kind: "vnc/screenshot".into()
+            }
+        );
+        assert_eq!(
+            route(
+                "/apis/subresources.kubevirt.io/v1/namespaces/n/virtualmachineinstances/v/console/screenshot"
+            ),
+            Route::NotFound
         );
         assert_eq!(route("/apis/kubevirt.io/v1/pods"), Route::NotFound);
         assert_eq!(route("/healthz"), Route::NotFound);
