@@ -216,16 +216,17 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Loads the targets file into `backend` and `index` now, then keeps both
-/// equal to it, reloading on change. A file that fails to load later leaves
-/// the previous contents in place (and says so in the log).
+/// Keeps `backend` and `index` equal to the targets file, reloading it when
+/// it changes after `stamps` were taken (take them before the first load, so
+/// an edit racing it is not missed). A file that fails to load leaves the
+/// previous contents in place (and says so in the log).
 pub async fn watch_file(
     path: PathBuf,
+    mut stamps: FileStamps,
     backend: Arc<StaticBackend>,
     index: Arc<LabIndex>,
     interval: Duration,
 ) {
-    let mut stamps = FileStamps::new([&path]);
     loop {
         tokio::time::sleep(interval).await;
         if !stamps.changed() {
