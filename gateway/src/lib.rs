@@ -186,11 +186,13 @@ async fn serve(
     let index = LabIndex::with_policy(metrics.clone(), config.index_policy());
     let backend: Arc<dyn Backend> = if let Some(path) = &config.static_targets_file {
         // The file names the labs too: no namespace watch, no API server.
+        let stamps = reload::FileStamps::new([path]);
         let targets = backend::targets_file::load(path)?;
         index.replace_all(targets.index_entries());
         let statics = Arc::new(StaticBackend::new(targets, config.max_message_bytes));
         background.spawn(backend::static_targets::watch_file(
             path.clone(),
+            stamps,
             statics.clone(),
             index.clone(),
             config.reload_interval,

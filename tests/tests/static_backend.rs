@@ -476,3 +476,50 @@ async fn a_bad_file_is_refused_at_start_and_ignored_on_reload() {
     let err = ended.unwrap().expect_err("a bad file must not start");
     assert!(format!("{err:#}").contains("Bad_Name"), "{err:#}");
 }
+
+/// Alive and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_session_that_ends_hangs_up_on_its_program_and_its_jobs() {
+    let vms = vm("vm1", None, Some("pty:/bin/bash --norc -i".into()));
+    let gw = start(&targets_yaml(&[], &vms), &[]).await;
+    let mut ws = gw.open("vm1", "console", &token(ALICE)).await;
+    ws.send(Message::Binary(Bytes::from_static(
+        b"sleep 1234 & echo job-pid=$!; echo shell-pid=$$ m$((40+2))\r",
+    )))
+    .await
+    .unwrap();
+    // The output, not the echo of the typed line, says m42.
+    let text = read_until(&mut ws, " m42").await;
+    let pid_after = |label: &str| -> u32 {
+        let start = text.rfind(label).unwrap() + label.len();
+        text[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let (job, shell) = (pid_after("job-pid="), pid_after("shell-pid="));
+    assert!(running(job) && running(shell));
+    ws.close(None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(job) || running(shell) {
+        assert!(
+            Instant::now() < deadline,
+            "still running after the session ended: job {} shell {}",
+            running(job),
+            running(shell)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -107,7 +107,10 @@ impl StaticBackend {
                     code: CloseCode::Normal,
                     reason: "the console program exited".into(),
                 });
-                Ok(raw_stream::websocket_for(pty, ChildGuard(child), exited, stop, max).await)
+                Ok(
+                    raw_stream::websocket_for(pty, ChildGuard(Some(child)), exited, stop, max)
+                        .await,
+                )
             }
         }
     }
@@ -171,29 +174,59 @@ fn spawn_on_pty(argv: &[String]) -> std::io::Result<(pty_process::Pty, tokio::pr
     Ok((pty, child))
 }
 
-/// Ends a PTY session's program with the session: the PTY closing sends it
-/// SIGHUP; a program that ignores that is killed, and reaped.
-struct ChildGuard(tokio::process::Child);
+/// How long a PTY program may take to exit after its hangup before it is killed.
+const HANGUP_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends a PTY session's program with the session, like a terminal hanging
+/// up: SIGHUP to its process group (a shell passes it on to its jobs), then
+/// SIGKILL for a program still running after [`HANGUP_GRACE`].
+struct ChildGuard(Option<tokio::process::Child>);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.start_kill();
-            // tokio reaps killed children in the background.
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        // The program leads its own session and process group (pty-process calls setsid).
+        if let Some(pid) = child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::HUP);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // Dropped with the runtime at exit: kill_on_drop then kills it at once.
+                runtime.spawn(async move {
+                    if tokio::time::timeout(HANGUP_GRACE, child.wait())
+                        .await
+                        .is_err()
+                    {
+                        let _ = child.kill().await;
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+            }
         }
     }
 }
 
-/// Loads the targets file into `backend` and `index` now, then keeps both
-/// equal to it, reloading on change. A file that fails to load later leaves
-/// the previous contents in place (and says so in the log).
+/// Keeps `backend` and `index` equal to the targets file, reloading it when
+/// it changes after `stamps` were taken (take them before the first load, so
+/// an edit racing it is not missed). A file that fails to load leaves the
+/// previous contents in place (and says so in the log).
 pub async fn watch_file(
     path: PathBuf,
+    mut stamps: FileStamps,
     backend: Arc<StaticBackend>,
     index: Arc<LabIndex>,
     interval: Duration,
 ) {
-    let mut stamps = FileStamps::new([&path]);
     loop {
         tokio::time::sleep(interval).await;
         if !stamps.changed() {
