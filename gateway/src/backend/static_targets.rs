@@ -21,7 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::raw_stream::{self, AtEnd};
 use super::targets_file::{self, StaticTargets, Target};
-use super::{Backend, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget};
+use super::{
+    Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmPhase, VmSummary,
+};
 use crate::index::LabIndex;
 use crate::refusal::Refusal;
 use crate::reload::FileStamps;
@@ -119,6 +121,25 @@ impl StaticBackend {
 impl Backend for StaticBackend {
     fn connect<'a>(&'a self, target: UpstreamTarget<'a>) -> ConnectFuture<'a> {
         Box::pin(self.open(target))
+    }
+
+    /// The file says which VMs exist and what they offer, not whether they
+    /// run: every phase is `Unknown` (a session attempt tells).
+    fn list_vms<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VmSummary>, UpstreamError>> {
+        let vms = self
+            .vms(namespace)
+            .into_iter()
+            .map(|(name, screen, console)| VmSummary {
+                name,
+                phase: VmPhase::Unknown,
+                screen,
+                console,
+            })
+            .collect();
+        Box::pin(async move { Ok(vms) })
     }
 }
 
