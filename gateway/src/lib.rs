@@ -26,6 +26,8 @@
 //! - [`splice`]: the two-way relay with backpressure, pings and close propagation.
 //! - [`refusal`]: every reason a session is refused or ended, with close codes.
 //! - [`tls`]: rustls with certificate reload; [`reload`]: file change detection.
+//! - [`viewer`]: the viewer page `/view/{lab}` and its hashed `/assets/`, embedded from
+//!   `web/dist/` by `build.rs` (the page's sources are in `gateway/web/`).
 //! - [`metrics`]: Prometheus metrics; [`demo`]: the no-cluster demo.
 //!
 //! # Embedding
@@ -51,6 +53,7 @@ pub mod splice;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod viewer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -177,6 +180,7 @@ pub async fn run_with_listener(
         let gateway = gateway.clone();
         background.spawn(async move { gateway.serve_admin(admin).await });
     }
+    viewer::log_availability();
     let local = listener.local_addr()?;
     tracing::info!(
         addr = %local,

@@ -36,6 +36,7 @@ use crate::sessions::{ConsoleClaim, ConsoleHold, ConsoleKey, Limits, SessionPerm
 use crate::splice::{self, ByteCounts, ByteMetrics, SpliceSettings};
 use crate::token::{TokenError, TokenVerifier};
 use crate::upstream::{Backend, UpstreamIo, UpstreamTarget};
+use crate::viewer::{self, ViewerSettings};
 
 /// Response type of the service.
 pub type GatewayResponse = Response<Full<Bytes>>;
@@ -59,6 +60,11 @@ pub struct Settings {
     pub max_session_duration: Option<Duration>,
     /// On shutdown, how long sessions may go on before they are closed.
     pub shutdown_grace: Duration,
+    /// Path prefix the gateway is mounted under when nothing in front strips it
+    /// (`/labgate`); `None` serves from `/`.
+    pub base_path: Option<String>,
+    /// Headers of the viewer page.
+    pub viewer: ViewerSettings,
 }
 
 impl Settings {
@@ -151,11 +157,28 @@ impl Gateway {
     /// `/readyz`, `/metrics` (404 after [`Gateway::move_admin_endpoints`]). Mount it in any hyper (or axum) server that
     /// enables upgrades; session tasks outlive the request.
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {
-        match route::parse(req.uri().path(), req.uri().query()) {
+        let target = match self.local_path(req.uri().path()) {
+            Some(path) => route::parse(path, req.uri().query()),
+            None => Target::NotFound,
+        };
+        // The request line as received, minus anything that could be a token.
+        tracing::debug!(target: "labgate::request", method = %req.method(), path = %target.log_path(), "request");
+        match target {
             Target::Session(route) => self.session(req, route).await,
             Target::BadSession => self.refuse(req, None, None, Refusal::BadRequest),
+            Target::Viewer(_) => viewer::page(&req, &self.shared.settings.viewer),
+            Target::ViewerSlash(lab) => viewer::redirect_without_slash(&lab),
+            Target::Asset(name) => viewer::asset(&req, &name),
             other if self.shared.admin_on_main.load(Ordering::Acquire) => self.admin(&other),
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
+        }
+    }
+
+    /// The path below `--base-path`, or `None` for a path outside it.
+    fn local_path<'p>(&self, path: &'p str) -> Option<&'p str> {
+        match &self.shared.settings.base_path {
+            None => Some(path),
+            Some(base) => path.strip_prefix(base.as_str()).filter(|rest| rest.starts_with('/')),
         }
     }
 

@@ -1,0 +1,46 @@
+// Bundles the viewer into dist/: dist/index.html (a template the gateway fills with a per-response
+// style nonce) and dist/assets/{name}.{hash}.{ext}, content-hashed so they can be cached forever.
+// Run through scripts/build-viewer.sh (npm ci first).
+
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
+
+const ROOT = path.dirname(fileURLToPath(import.meta.url));
+const DIST = path.join(ROOT, "dist");
+const ASSETS = path.join(DIST, "assets");
+
+fs.rmSync(DIST, { recursive: true, force: true });
+const result = await esbuild.build({
+    absWorkingDir: ROOT,
+    entryPoints: { viewer: "src/main.js" },
+    bundle: true,
+    format: "esm",
+    // noVNC awaits at its module's top level (WebCodecs probing).
+    target: ["es2022"],
+    minify: true,
+    sourcemap: false,
+    legalComments: "eof",
+    outdir: ASSETS,
+    entryNames: "[name].[hash]",
+    assetNames: "[name].[hash]",
+    chunkNames: "[name].[hash]",
+    metafile: true,
+    logLevel: "warning",
+});
+
+const outputs = Object.entries(result.metafile.outputs).filter(([, o]) => o.entryPoint);
+const [jsPath, js] = outputs.find(([file]) => file.endsWith(".js"));
+const base = (file) => path.basename(file);
+const template = fs.readFileSync(path.join(ROOT, "index.html"), "utf8");
+const html = template
+    .replace("{{js}}", base(jsPath))
+    .replace("{{css}}", base(js.cssBundle));
+if (html.includes("{{js}}") || html.includes("{{css}}")) throw new Error("index.html placeholders left");
+fs.writeFileSync(path.join(DIST, "index.html"), html);
+
+for (const file of fs.readdirSync(ASSETS)) {
+    const size = fs.statSync(path.join(ASSETS, file)).size;
+    console.log(`dist/assets/${file}  ${(size / 1024).toFixed(1)} KiB`);
+}
