@@ -159,7 +159,12 @@ impl Gateway {
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {
         let target = match self.local_path(req.uri().path()) {
             Some(path) => route::parse(path, req.uri().query()),
-            None => Target::NotFound,
+            // Probes address the process, not the mount: the admin endpoints answer at the
+            // root too (when they are on this listener at all).
+            None => match route::parse(req.uri().path(), None) {
+                admin @ (Target::Health | Target::Ready | Target::Metrics) => admin,
+                _ => Target::NotFound,
+            },
         };
         // The request line as received, minus anything that could be a token.
         tracing::debug!(target: "labgate::request", method = %req.method(), path = %target.log_path(), "request");

@@ -864,10 +864,42 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
         .screenshot("expired", &format!("{scenario}-expired"))
         .await?;
 
+    // A gateway mounted under a prefix it is not stripped of (a portal embedding it, see
+    // gateway/examples/embed.rs): the same page works below /labgate/.
+    let mounted = env.replica(&["--base-path", "/labgate"]).await?;
+    let prefixed = format!(
+        "https://localhost:{}/labgate/view/lab-alice#token={token}&vm=vm1&kind=vnc",
+        mounted.env.addr.port()
+    );
+    browser
+        .call(
+            "openViewer",
+            json!({"name": "mounted", "url": prefixed, "fallbackListing": listing}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "mounted", "state": "connected", "vm": "vm1", "kind": "vnc"}),
+        )
+        .await?;
+    wait_for_picture(browser, "mounted").await?;
+    let seen = browser.call("requests", json!({"name": "mounted"})).await?;
+    ensure!(
+        seen["websockets"][0]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/labgate/labs/lab-alice/vm1/vnc")),
+        "the mounted page opened {}",
+        seen["websockets"]
+    );
+    browser
+        .screenshot("mounted", &format!("{scenario}-mounted"))
+        .await?;
+
     // Neither token in any URL or Referer the pages sent, nor in the gateway's log; no CSP
     // violation on the way.
     let mut assets = 0;
-    for page in ["viewer", "second", "expired"] {
+    for page in ["viewer", "second", "expired", "mounted"] {
         let seen = browser.call("requests", json!({"name": page})).await?;
         let requests = seen["requests"].as_array().cloned().unwrap_or_default();
         for request in &requests {
