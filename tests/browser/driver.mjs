@@ -279,6 +279,11 @@ const ops = {
         return viewerState(p);
     },
 
+    async viewport({ name, width, height }) {
+        await page(name).setViewportSize({ width, height });
+        return null;
+    },
+
     async click({ name, selector }) {
         await page(name).click(selector);
         return null;

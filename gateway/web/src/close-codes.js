@@ -9,7 +9,8 @@
 //   "button" never by itself: reconnecting would undo a choice (taking the VM back from another
 //            window) or end the same way, so a button offers it;
 //   "never"  nothing on this page can fix it (the link itself is bad or expired, access is gone).
-// `action` names what the button offers when there is one ("reconnect", "screen", "console").
+// `action` names what the button offers when there is one ("reconnect", "screen", "console"),
+// `label` its wording where the default ("Reconnect", "Open the console", …) would mislead.
 
 export const PORTAL = "Open the lab again from your course portal to get a new link.";
 
@@ -23,7 +24,7 @@ export const CLOSE_CODES = {
     4003: { retry: "never", text: "This lab is not open to you. Check that you are signed in to the portal with your own account." },
     4005: { retry: "never", text: "This machine is not part of the lab (any more)." },
     4006: { retry: "later", text: "This machine is not running. Start it from the portal; this page connects as soon as it is up." },
-    4007: { retry: "button", action: "reconnect", text: "You opened this machine in another window or tab, so this one was disconnected." },
+    4007: { retry: "button", action: "reconnect", label: "Use it in this window", text: "You opened this machine in another window or tab, so this one was disconnected." },
     4008: { retry: "button", action: "reconnect", text: "Too many lab windows are open. Close one you no longer need, then try again." },
     4009: { retry: "never", text: "Your access to this lab was removed (the lab was deleted or given to someone else)." },
     4010: { retry: "never", text: "Your session has run out of time. " + PORTAL },

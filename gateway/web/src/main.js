@@ -249,6 +249,7 @@ function connect() {
     state.session = session;
     setStatus("connecting", `Connecting to the ${KIND_NAMES[kind]} of ${vm}…`);
     ws.addEventListener("close", (e) => onClose(session, e));
+    ws.addEventListener("open", () => announce(session), { once: true });
     if (kind === "vnc") {
         // noVNC takes the socket we opened, so its close code and reason stay ours to read.
         const rfb = new RFB($("screen"), ws, { shared: true });
@@ -306,13 +307,36 @@ function onClose(session, event) {
     session.ended = true;
     // 1005 is "no code given": the same as a plain close.
     const code = event.code === 1005 ? 1000 : event.code;
-    let info = closeInfo(code);
+    // A lost VM connection right after another tab opened the same VM: that tab took it.
+    const takenByTab = session.takenByTab && (code === 4012 || code === 1006);
+    let info = closeInfo(takenByTab ? 4007 : code);
     if (session.securityFailure && code === 1000) {
         info = { retry: "button", action: "reconnect", text: "The machine's screen refused the connection." };
     }
     ended(info, { code, reason: event.reason || session.securityFailure || "" });
     if (session.term) session.term.blur();
     refreshListing();
+}
+
+// --- other tabs --------------------------------------------------------------------------
+
+// Tabs of this browser announce which VM screen or console they open. When one replica serves
+// both tabs the gateway reports a takeover itself (4007); through two replicas the first tab
+// only sees its VM connection drop (4012), and this tells it that a tab of its own took it.
+const tabs = "BroadcastChannel" in window ? new BroadcastChannel("labgate-viewer") : null;
+
+function announce(session) {
+    if (tabs) tabs.postMessage({ lab: state.lab, vm: session.vm, kind: session.kind });
+}
+
+if (tabs) {
+    tabs.onmessage = (event) => {
+        const { lab, vm, kind } = event.data || {};
+        const session = state.session;
+        if (session && lab === state.lab && vm === session.vm && kind === session.kind) {
+            session.takenByTab = true;
+        }
+    };
 }
 
 // --- messages and reconnecting ------------------------------------------------------------
@@ -349,20 +373,12 @@ function ended(info, close) {
         }
         showAction("Try again", connect);
     } else if (info.retry === "button") {
-        const labels = {
-            reconnect: code4007(close) ? "Use it in this window" : "Reconnect",
-            console: "Open the console",
-            screen: "Open the screen",
-        };
+        const labels = { reconnect: "Reconnect", console: "Open the console", screen: "Open the screen" };
         const run = info.action === "console" ? () => selectKind("console")
             : info.action === "screen" ? () => selectKind("vnc")
             : () => { state.attempt = 0; connect(); };
-        showAction(labels[info.action] || "Reconnect", run);
+        showAction(info.label || labels[info.action] || "Reconnect", run);
     }
-}
-
-function code4007(close) {
-    return close && close.code === 4007;
 }
 
 function showAction(label, run) {
