@@ -41,14 +41,22 @@ fn embedded(dist: &Path) -> Option<String> {
     names.sort();
     let mut code = format!("pub const INDEX: Option<&[u8]> = Some(include_bytes!({index:?}));\n");
     code.push_str("pub const ASSETS: &[Asset] = &[\n");
-    for (name, path) in names {
-        let Some(content_type) = content_type(&name) else {
+    for (name, path) in &names {
+        if name.ends_with(".gz") {
+            continue;
+        }
+        let gzip_name = format!("{name}.gz");
+        let gzip = match names.iter().find(|(n, _)| *n == gzip_name) {
+            Some((_, gz)) => format!("Some(include_bytes!({gz:?}))"),
+            None => "None".to_string(),
+        };
+        let Some(content_type) = content_type(name) else {
             println!("cargo:warning=viewer: not embedding {name} (unknown file type)");
             continue;
         };
         let _ = writeln!(
             code,
-            "    Asset {{ name: {name:?}, content_type: {content_type:?}, bytes: include_bytes!({path:?}) }},"
+            "    Asset {{ name: {name:?}, content_type: {content_type:?}, bytes: include_bytes!({path:?}), gzip: {gzip} }},"
         );
     }
     code.push_str("];\n");

@@ -71,11 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let backend = Arc::new(KubeVirtBackend::new(kube::Client::try_default().await?));
 
     // Default settings, as the binary's flags would give them, mounted under /labgate.
-    let config = <labgate_gateway::Config as clap::Parser>::parse_from([
-        "embed",
-        "--base-path",
-        MOUNT,
-    ]);
+    let config =
+        <labgate_gateway::Config as clap::Parser>::parse_from(["embed", "--base-path", MOUNT]);
     let gateway = Gateway::new(config.settings(), verifier, lab_index, backend, metrics);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;

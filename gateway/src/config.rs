@@ -262,13 +262,20 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 fn parse_base_path(s: &str) -> Result<String, String> {
     let trimmed = s.trim_end_matches('/');
     let ok = trimmed.starts_with('/')
-        && trimmed[1..]
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != ".." && seg != "." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
+        && trimmed[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != ".."
+                && seg != "."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
     if ok {
         Ok(trimmed.to_string())
     } else {
-        Err(format!("{s:?}: expected a path like /labgate (letters, digits, - _ . between slashes)"))
+        Err(format!(
+            "{s:?}: expected a path like /labgate (letters, digits, - _ . between slashes)"
+        ))
     }
 }
 

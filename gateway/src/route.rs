@@ -97,7 +97,11 @@ impl Target {
                 r.namespace,
                 r.vmi,
                 r.kind,
-                if r.token.is_some() { " (token redacted)" } else { "" }
+                if r.token.is_some() {
+                    " (token redacted)"
+                } else {
+                    ""
+                }
             ),
             Target::Health => "/healthz".into(),
             Target::Ready => "/readyz".into(),
@@ -304,14 +308,25 @@ mod tests {
             parse("/view/lab-1/", None),
             Target::ViewerSlash("lab-1".into())
         );
-        for path in ["/view/", "/view/Lab", "/view/lab/x", "/view/..", "/view/a%2Fb"] {
+        for path in [
+            "/view/",
+            "/view/Lab",
+            "/view/lab/x",
+            "/view/..",
+            "/view/a%2Fb",
+        ] {
             assert_eq!(parse(path, None), Target::NotFound, "{path}");
         }
         assert_eq!(
             parse("/assets/viewer.AB12.js", None),
             Target::Asset("viewer.AB12.js".into())
         );
-        for path in ["/assets/", "/assets/../Cargo.toml", "/assets/a/b.js", "/assets/.hidden"] {
+        for path in [
+            "/assets/",
+            "/assets/../Cargo.toml",
+            "/assets/a/b.js",
+            "/assets/.hidden",
+        ] {
             assert_eq!(parse(path, None), Target::NotFound, "{path}");
         }
     }

@@ -183,7 +183,9 @@ impl Gateway {
     fn local_path<'p>(&self, path: &'p str) -> Option<&'p str> {
         match &self.shared.settings.base_path {
             None => Some(path),
-            Some(base) => path.strip_prefix(base.as_str()).filter(|rest| rest.starts_with('/')),
+            Some(base) => path
+                .strip_prefix(base.as_str())
+                .filter(|rest| rest.starts_with('/')),
         }
     }
 

@@ -10,8 +10,8 @@
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION, REFERRER_POLICY,
-    X_CONTENT_TYPE_OPTIONS,
+    ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    HOST, LOCATION, REFERRER_POLICY, VARY, X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -24,6 +24,8 @@ mod embedded {
         pub name: &'static str,
         pub content_type: &'static str,
         pub bytes: &'static [u8],
+        /// The same, gzipped at build time.
+        pub gzip: Option<&'static [u8]>,
     }
     include!(concat!(env!("OUT_DIR"), "/viewer_assets.rs"));
 }
@@ -54,7 +56,10 @@ pub fn is_built() -> bool {
 /// Bytes of the embedded bundle (page and assets).
 pub fn bundle_bytes() -> usize {
     embedded::INDEX.map_or(0, <[u8]>::len)
-        + embedded::ASSETS.iter().map(|a| a.bytes.len()).sum::<usize>()
+        + embedded::ASSETS
+            .iter()
+            .map(|a| a.bytes.len())
+            .sum::<usize>()
 }
 
 /// Logs, once at start-up, whether the viewer is served.
@@ -134,13 +139,41 @@ pub(crate) fn asset<B>(req: &Request<B>, name: &str) -> GatewayResponse {
     let Some(asset) = embedded::ASSETS.iter().find(|a| a.name == name) else {
         return plain(StatusCode::NOT_FOUND, "no such asset\n");
     };
-    Response::builder()
+    let (bytes, encoding) = match asset.gzip {
+        Some(gzipped) if accepts_gzip(req.headers()) => (gzipped, Some("gzip")),
+        _ => (asset.bytes, None),
+    };
+    let mut response = Response::builder()
         .header(CONTENT_TYPE, asset.content_type)
+        .header(VARY, "accept-encoding");
+    if let Some(encoding) = encoding {
+        response = response.header(CONTENT_ENCODING, encoding);
+    }
+    response
         .header(CACHE_CONTROL, IMMUTABLE)
         .header(X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header("cross-origin-resource-policy", "same-origin")
-        .body(Full::new(Bytes::from_static(asset.bytes)))
+        .body(Full::new(Bytes::from_static(bytes)))
         .unwrap_or_default()
+}
+
+/// Whether `Accept-Encoding` lists gzip (or `*`) without refusing it with `q=0`.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
 }
 
 /// The answer for the viewer's routes in a binary built without the bundle.
@@ -210,7 +243,8 @@ fn is_authority(host: &str) -> bool {
 pub fn validate_frame_ancestors(value: &str) -> Result<(), String> {
     let ok = !value.trim().is_empty()
         && value.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b' ' | b'\'' | b'.' | b'-' | b':' | b'/' | b'*')
+            b.is_ascii_alphanumeric()
+                || matches!(b, b' ' | b'\'' | b'.' | b'-' | b':' | b'/' | b'*')
         });
     if ok {
         Ok(())
@@ -231,7 +265,15 @@ mod tests {
         for name in ["viewer.ABC123.js", "xterm-css.Z9.css", "a_b.1.woff2"] {
             assert!(is_asset_name(name), "{name}");
         }
-        for name in ["", ".env", "../Cargo.toml", "a/b.js", "a%2Fb.js", "a..b.js", "a b.js"] {
+        for name in [
+            "",
+            ".env",
+            "../Cargo.toml",
+            "a/b.js",
+            "a%2Fb.js",
+            "a..b.js",
+            "a b.js",
+        ] {
             assert!(!is_asset_name(name), "{name}");
         }
     }
@@ -241,7 +283,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, "labs.example.org:8443".parse().unwrap());
         let csp = content_security_policy("n0nce", &headers, "'none'");
-        assert!(csp.contains("connect-src 'self' wss://labs.example.org:8443 ws://labs.example.org:8443;"), "{csp}");
+        assert!(
+            csp.contains(
+                "connect-src 'self' wss://labs.example.org:8443 ws://labs.example.org:8443;"
+            ),
+            "{csp}"
+        );
         assert!(csp.contains("style-src 'self' 'nonce-n0nce';"), "{csp}");
         assert!(csp.contains("frame-ancestors 'none';"), "{csp}");
         // A Host header trying to add its own directives is left out.
@@ -249,6 +296,22 @@ mod tests {
         let csp = content_security_policy("n", &headers, "'none'");
         assert!(csp.contains("connect-src 'self';"), "{csp}");
         assert!(!csp.contains("evil"), "{csp}");
+    }
+
+    #[test]
+    fn gzip_only_when_accepted() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(ACCEPT_ENCODING, value.parse().unwrap());
+            accepts_gzip(&headers)
+        };
+        assert!(with("gzip, deflate, br"));
+        assert!(with("br;q=1.0, GZIP;q=0.5"));
+        assert!(with("*"));
+        assert!(!with("br"));
+        assert!(!with("gzip;q=0, br"));
+        assert!(!with("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
+import zlib from "node:zlib";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
 
@@ -40,7 +41,11 @@ const html = template
 if (html.includes("{{js}}") || html.includes("{{css}}")) throw new Error("index.html placeholders left");
 fs.writeFileSync(path.join(DIST, "index.html"), html);
 
+// Gzipped copies, which the gateway sends to browsers that accept gzip (all of them).
 for (const file of fs.readdirSync(ASSETS)) {
-    const size = fs.statSync(path.join(ASSETS, file)).size;
-    console.log(`dist/assets/${file}  ${(size / 1024).toFixed(1)} KiB`);
+    const raw = fs.readFileSync(path.join(ASSETS, file));
+    const gzipped = zlib.gzipSync(raw, { level: 9 });
+    fs.writeFileSync(path.join(ASSETS, `${file}.gz`), gzipped);
+    const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
+    console.log(`dist/assets/${file}  ${kib(raw.length)} (gzip ${kib(gzipped.length)})`);
 }

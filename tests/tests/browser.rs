@@ -677,13 +677,17 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
     env.standin.add_vmi(
         "lab-alice",
         "vm2",
-        Vmi::running(Some(UpstreamAddr::Unix(screen)), Some(UpstreamAddr::Unix(console))),
+        Vmi::running(
+            Some(UpstreamAddr::Unix(screen)),
+            Some(UpstreamAddr::Unix(console)),
+        ),
     );
     let token = env.token(ALICE);
     let expired = env.sign(json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() - 120}));
     let base = format!("https://localhost:{}", env.addr.port());
     // The lab listing's contract (GET labs/{lab}), used only if this gateway has no listing.
-    let vm = |name: &str| json!({"name": name, "phase": "Running", "screen": true, "console": true});
+    let vm =
+        |name: &str| json!({"name": name, "phase": "Running", "screen": true, "console": true});
     let listing = json!({"lab": "lab-alice", "vms": [vm("vm1"), vm("vm2")]});
     let link = |token: &str, vm: &str, kind: &str| {
         format!("{base}/view/lab-alice#token={token}&vm={vm}&kind={kind}")
@@ -724,7 +728,10 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
 
     // Its console, without a reload: type and read the echo.
     browser
-        .call("click", json!({"name": "viewer", "selector": "#tab-console"}))
+        .call(
+            "click",
+            json!({"name": "viewer", "selector": "#tab-console"}),
+        )
         .await?;
     browser
         .call(
@@ -829,8 +836,12 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
         .await?;
     // No reconnect by itself: the second window keeps the screen.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let first = browser.call("viewerState", json!({"name": "viewer"})).await?;
-    let second = browser.call("viewerState", json!({"name": "second"})).await?;
+    let first = browser
+        .call("viewerState", json!({"name": "viewer"}))
+        .await?;
+    let second = browser
+        .call("viewerState", json!({"name": "second"}))
+        .await?;
     ensure!(
         first["state"] == "ended" && second["state"] == "connected",
         "after a takeover: first {first}, second {second}"
@@ -926,7 +937,10 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
                     "{page}: a request's {field} carries a token parameter: {value}"
                 );
             }
-            if request["url"].as_str().is_some_and(|u| u.contains("/assets/")) {
+            if request["url"]
+                .as_str()
+                .is_some_and(|u| u.contains("/assets/"))
+            {
                 assets += 1;
             }
         }
@@ -953,8 +967,15 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
         // As sent (Authorization), its signature alone, and as the bearer subprotocol sends it.
         let signature = secret.rsplit('.').next().unwrap_or(secret);
         let subprotocol = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-        for (form, shown) in [("itself", secret.as_str()), ("its signature", signature), ("in the subprotocol", &subprotocol)] {
-            ensure!(!log.contains(shown), "the gateway's log shows the {name} ({form})");
+        for (form, shown) in [
+            ("itself", secret.as_str()),
+            ("its signature", signature),
+            ("in the subprotocol", &subprotocol),
+        ] {
+            ensure!(
+                !log.contains(shown),
+                "the gateway's log shows the {name} ({form})"
+            );
         }
     }
     Ok(())

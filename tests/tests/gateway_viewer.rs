@@ -27,17 +27,23 @@ impl Answer {
 
 /// One HTTPS request with `method` to `path` exactly as given (no normalisation).
 async fn request(env: &Env, method: &str, path: &str) -> Answer {
+    request_with(env, method, path, &[]).await
+}
+
+async fn request_with(env: &Env, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let tls = env.tls_connect().await.expect("TLS connection");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .expect("HTTP handshake");
     tokio::spawn(conn);
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", format!("localhost:{}", env.addr.port()))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+        .header("host", format!("localhost:{}", env.addr.port()));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
     let res = sender.send_request(req).await.expect("response");
     let status = res.status().as_u16();
     let headers = res.headers().clone();
@@ -137,6 +143,23 @@ async fn page_and_assets_carry_types_caching_and_a_strict_policy() {
         );
         assert_eq!(asset.header("x-content-type-options"), "nosniff", "{name}");
         assert!(!asset.body.is_empty(), "{name}");
+        assert_eq!(asset.header("content-encoding"), "", "{name}");
+        assert_eq!(asset.header("vary"), "accept-encoding", "{name}");
+        // Gzipped for a browser that takes it: the gzip magic, and smaller.
+        let gzipped = request_with(
+            &env,
+            "GET",
+            &format!("/assets/{name}"),
+            &[("accept-encoding", "gzip, deflate, br")],
+        )
+        .await;
+        assert_eq!(gzipped.status, 200, "{name}");
+        assert_eq!(gzipped.header("content-encoding"), "gzip", "{name}");
+        assert_eq!(gzipped.header("content-type"), expected, "{name}");
+        assert!(
+            gzipped.body.starts_with(&[0x1f, 0x8b]) && gzipped.body.len() < asset.body.len(),
+            "{name}: not gzip, or not smaller"
+        );
         // HEAD answers the same headers.
         let head = request(&env, "HEAD", &format!("/assets/{name}")).await;
         assert_eq!(head.status, 200, "HEAD {name}");
@@ -217,12 +240,18 @@ async fn base_path_serves_everything_below_the_prefix() {
             "{name}"
         );
         assert_eq!(
-            request(&env, "GET", &format!("/assets/{name}")).await.status,
+            request(&env, "GET", &format!("/assets/{name}"))
+                .await
+                .status,
             404,
             "{name} outside the prefix"
         );
     }
-    for path in ["/view/lab-alice", "/labgateview/lab-alice", "/labs/lab-alice/vm1/vnc"] {
+    for path in [
+        "/view/lab-alice",
+        "/labgateview/lab-alice",
+        "/labs/lab-alice/vm1/vnc",
+    ] {
         assert_eq!(request(&env, "GET", path).await.status, 404, "{path}");
     }
     // A session below the prefix reaches the gateway's pipeline (here: refused for its token).
