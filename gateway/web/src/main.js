@@ -310,6 +310,11 @@ function onClose(session, event) {
     // A lost VM connection right after another tab opened the same VM: that tab took it.
     const takenByTab = session.takenByTab && (code === 4012 || code === 1006);
     let info = closeInfo(takenByTab ? 4007 : code);
+    // Now known, whatever the listing said (or when there was none): the tab is disabled.
+    const vm = state.vms.find((v) => v.name === session.vm);
+    if (vm && code === 4017) vm.screen = false;
+    if (vm && code === 4018) vm.console = false;
+    if (code === 4017 || code === 4018) renderVms();
     if (session.securityFailure && code === 1000) {
         info = { retry: "button", action: "reconnect", text: "The machine's screen refused the connection." };
     }
