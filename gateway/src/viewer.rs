@@ -298,6 +298,38 @@ mod tests {
         assert!(!csp.contains("evil"), "{csp}");
     }
 
+    /// Every close code the README's refusal table lists (but the retired 4004) has a sentence
+    /// in the page's table, and a row in the README's table of what the page does.
+    #[test]
+    fn every_close_code_has_a_sentence_for_students() {
+        let readme = include_str!("../../README.md");
+        let page_table = include_str!("../web/src/close-codes.js");
+        let section = |title: &str| {
+            let start = readme.find(title).expect(title);
+            let rest = &readme[start + title.len()..];
+            &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+        };
+        let codes: Vec<&str> = section("## Refusals and close codes")
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|c| c.len() == 4 && c.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|c| *c != "4004")
+            .collect();
+        assert!(codes.len() >= 20, "{codes:?}");
+        let viewer = section("## The viewer page");
+        for code in codes {
+            assert!(
+                page_table.contains(&format!("    {code}: {{")),
+                "close-codes.js has no entry for {code}"
+            );
+            assert!(
+                viewer.contains(&format!("| {code} |")),
+                "the README's viewer table has no row for {code}"
+            );
+        }
+    }
+
     #[test]
     fn gzip_only_when_accepted() {
         let with = |value: &str| {

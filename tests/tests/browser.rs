@@ -919,6 +919,43 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
         .screenshot("mounted", &format!("{scenario}-mounted"))
         .await?;
 
+    // The first window takes its VM back with the button; now the second is told.
+    browser
+        .call("click", json!({"name": "viewer", "selector": "#message-action"}))
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "viewer", "state": "connected", "vm": "vm2", "kind": "vnc"}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "second", "state": "ended", "closeCode": Refusal::TakenOver.close_code()}),
+        )
+        .await?;
+
+    // A gateway going away (1001) is worth reconnecting to: the page says so and retries.
+    let mut mounted = mounted;
+    mounted.env.shutdown();
+    let state = browser
+        .call(
+            "waitViewer",
+            json!({"name": "mounted", "state": "retrying", "closeCode": 1001}),
+        )
+        .await?;
+    ensure!(
+        state["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("The gateway is restarting."))
+            && state["action"] == "Reconnect now",
+        "a page whose gateway went away shows {state}"
+    );
+    browser
+        .screenshot("mounted", &format!("{scenario}-gateway-restarting"))
+        .await?;
+
     // Neither token in any URL or Referer the pages sent, nor in the gateway's log; no CSP
     // violation on the way.
     let mut assets = 0;
