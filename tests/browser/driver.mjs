@@ -284,6 +284,11 @@ const ops = {
         return null;
     },
 
+    async fill({ name, selector, text }) {
+        await page(name).fill(selector, text);
+        return null;
+    },
+
     async click({ name, selector }) {
         await page(name).click(selector);
         return null;

@@ -753,6 +753,24 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
     browser
         .call("waitViewerLine", json!({"name": "viewer", "line": marker}))
         .await?;
+    // The paste box: its text reaches the console as if typed, newline as Enter.
+    let pasted = format!("pasted-{}", random_word());
+    browser
+        .call("click", json!({"name": "viewer", "selector": "#btn-paste"}))
+        .await?;
+    browser
+        .call(
+            "fill",
+            json!({"name": "viewer", "selector": "#paste-text", "text": format!("echo {pasted}\n")}),
+        )
+        .await?;
+    browser
+        .call("click", json!({"name": "viewer", "selector": "#paste-send"}))
+        .await?;
+    browser
+        .call("waitViewerLine", json!({"name": "viewer", "line": pasted}))
+        .await
+        .context("pasted text did not reach the console")?;
     browser
         .screenshot("viewer", &format!("{scenario}-console"))
         .await?;

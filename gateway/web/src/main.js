@@ -446,7 +446,9 @@ async function openPaste() {
     // Prefill from the clipboard where the browser allows it; typing or pasting here always works.
     try {
         if (navigator.clipboard && navigator.clipboard.readText) {
-            area.value = await navigator.clipboard.readText();
+            const text = await navigator.clipboard.readText();
+            // Only into an untouched box: the answer may come after the student typed.
+            if (!area.value && !$("paste-form").hidden) area.value = text;
         }
     } catch {
         // Permission refused: the student pastes into the box.
