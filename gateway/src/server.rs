@@ -153,7 +153,8 @@ impl Gateway {
         self.shared.sessions.open_sessions()
     }
 
-    /// Handles one HTTP request: a session upgrade, a refusal, or `/healthz`,
+    /// Handles one HTTP request (below `--base-path` when set): a session upgrade, a refusal,
+    /// the viewer page and its assets (see [`viewer`](crate::viewer)), or `/healthz`,
     /// `/readyz`, `/metrics` (404 after [`Gateway::move_admin_endpoints`]). Mount it in any hyper (or axum) server that
     /// enables upgrades; session tasks outlive the request.
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {

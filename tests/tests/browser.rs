@@ -765,7 +765,10 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
         )
         .await?;
     browser
-        .call("click", json!({"name": "viewer", "selector": "#paste-send"}))
+        .call(
+            "click",
+            json!({"name": "viewer", "selector": "#paste-send"}),
+        )
         .await?;
     browser
         .call("waitViewerLine", json!({"name": "viewer", "line": pasted}))
@@ -939,7 +942,10 @@ async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()
 
     // The first window takes its VM back with the button; now the second is told.
     browser
-        .call("click", json!({"name": "viewer", "selector": "#message-action"}))
+        .call(
+            "click",
+            json!({"name": "viewer", "selector": "#message-action"}),
+        )
         .await?;
     browser
         .call(

@@ -252,6 +252,7 @@ function connect() {
     ws.addEventListener("open", () => announce(session), { once: true });
     if (kind === "vnc") {
         // noVNC takes the socket we opened, so its close code and reason stay ours to read.
+        $("screen").replaceChildren();
         const rfb = new RFB($("screen"), ws, { shared: true });
         rfb.scaleViewport = state.fit;
         rfb.resizeSession = false;
