@@ -9,7 +9,10 @@ import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
 
 const ROOT = path.dirname(fileURLToPath(import.meta.url));
-const DIST = path.join(ROOT, "dist");
+const FINAL = path.join(ROOT, "dist");
+// Built beside dist/ and swapped in only when something changed, so that an unchanged bundle
+// leaves dist/ untouched and cargo does not rebuild the gateway for nothing.
+const DIST = path.join(ROOT, "dist.new");
 const ASSETS = path.join(DIST, "assets");
 
 fs.rmSync(DIST, { recursive: true, force: true });
@@ -47,5 +50,26 @@ for (const file of fs.readdirSync(ASSETS)) {
     const gzipped = zlib.gzipSync(raw, { level: 9 });
     fs.writeFileSync(path.join(ASSETS, `${file}.gz`), gzipped);
     const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
-    console.log(`dist/assets/${file}  ${kib(raw.length)} (gzip ${kib(gzipped.length)})`);
+    console.log(`assets/${file}  ${kib(raw.length)} (gzip ${kib(gzipped.length)})`);
+}
+
+function files(dir) {
+    if (!fs.existsSync(dir)) return null;
+    return fs.readdirSync(dir, { recursive: true })
+        .filter((f) => fs.statSync(path.join(dir, f)).isFile())
+        .sort()
+        .map((f) => [f, fs.readFileSync(path.join(dir, f))]);
+}
+
+const built = files(DIST);
+const current = files(FINAL);
+const same = current && current.length === built.length
+    && current.every(([f, bytes], i) => f === built[i][0] && bytes.equals(built[i][1]));
+if (same) {
+    fs.rmSync(DIST, { recursive: true, force: true });
+    console.log("dist/ is up to date");
+} else {
+    fs.rmSync(FINAL, { recursive: true, force: true });
+    fs.renameSync(DIST, FINAL);
+    console.log("dist/ updated");
 }
