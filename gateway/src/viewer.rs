@@ -330,6 +330,18 @@ mod tests {
         }
     }
 
+    /// A binary without the bundle says what is missing and how to build it.
+    #[test]
+    fn the_answer_without_a_bundle_says_how_to_build_it() {
+        let response = not_built();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = format!("{:?}", response.body());
+        assert!(
+            body.contains("scripts/build-viewer.sh") && body.contains("/labs/"),
+            "{body}"
+        );
+    }
+
     #[test]
     fn gzip_only_when_accepted() {
         let with = |value: &str| {
