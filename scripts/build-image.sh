@@ -18,6 +18,9 @@ while [ $# -gt 0 ]; do
 done
 target_dir="${CARGO_TARGET_DIR:-target}"
 
+if [ ! -f gateway/web/dist/index.html ]; then
+  echo "warning: gateway/web/dist is missing: the gateway in this image serves the API only (run scripts/build-viewer.sh)" >&2
+fi
 echo "== building labgate-gateway and labgate-admission (release, --locked)"
 cargo build --locked --release -q -p labgate-gateway -p labgate-admission
 

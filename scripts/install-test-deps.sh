@@ -45,3 +45,7 @@ done
 if [ -f tests/browser/package-lock.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The viewer page the gateway embeds: built before cargo builds the gateway (its build.rs
+# includes gateway/web/dist/ and re-runs when it changes).
+bash scripts/build-viewer.sh

@@ -1,9 +1,13 @@
-//! Mounting the gateway inside your own hyper server.
+//! Mounting the gateway inside your own hyper server, under a prefix.
 //!
-//! A portal serves its own routes and hands `/labs/...`, `/metrics`,
-//! `/healthz` and `/readyz` to [`Gateway::handle`]. Here the lab index comes
-//! from a labs file and the VMs from the API server of the current
-//! kubeconfig; swap in any [`Backend`](labgate_gateway::Backend).
+//! A portal serves its own routes and hands everything below `/labgate/` to
+//! [`Gateway::handle`] without stripping the prefix: `--base-path /labgate`
+//! tells the gateway where it lives. The viewer page is then
+//! `/labgate/view/{lab}#token=...`, its assets `/labgate/assets/...` and the
+//! sessions `/labgate/labs/{lab}/{vm}/{kind}` (the page's URLs are relative,
+//! so it needs nothing else). Here the lab index comes from a labs file and
+//! the VMs from the API server of the current kubeconfig; swap in any
+//! [`Backend`](labgate_gateway::Backend).
 //!
 //! ```text
 //! cargo run -p labgate-gateway --example embed -- labs.yaml hmac-secret-file
@@ -21,6 +25,15 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use labgate_gateway::token::{KeyFile, TokenSettings};
 use labgate_gateway::{Gateway, KubeVirtBackend, LabIndex, Metrics, TokenVerifier, index};
+
+/// Where the portal mounts the gateway.
+const MOUNT: &str = "/labgate";
+
+/// The link a portal gives a student: the token goes in the fragment, which
+/// the browser never sends to any server (nor puts in a Referer).
+fn viewer_link(lab: &str, vm: &str, token: &str) -> String {
+    format!("{MOUNT}/view/{lab}#token={token}&vm={vm}&kind=vnc")
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -58,8 +71,9 @@ async fn main() -> anyhow::Result<()> {
     ));
     let backend = Arc::new(KubeVirtBackend::new(kube::Client::try_default().await?));
 
-    // Default settings, as the binary's flags would give them.
-    let config = <labgate_gateway::Config as clap::Parser>::parse_from(["embed"]);
+    // Default settings, as the binary's flags would give them, mounted under /labgate.
+    let config =
+        <labgate_gateway::Config as clap::Parser>::parse_from(["embed", "--base-path", MOUNT]);
     let gateway = Gateway::new(config.settings(), verifier, lab_index, backend, metrics);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
@@ -71,13 +85,16 @@ async fn main() -> anyhow::Result<()> {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let gateway = gateway.clone();
                 async move {
-                    if req.uri().path().starts_with("/portal") {
-                        // The portal's own pages.
-                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"portal page\n",
-                        ))));
+                    if req.uri().path().starts_with(&format!("{MOUNT}/")) {
+                        // The gateway sees the full path and strips MOUNT itself.
+                        return Ok::<_, Infallible>(gateway.handle(req).await);
                     }
-                    Ok(gateway.handle(req).await)
+                    // The portal's own pages: here, how it links a student to a VM.
+                    let page = format!(
+                        "portal page\nviewer link for a student: {}\n",
+                        viewer_link("lab-a", "vm1", "TOKEN-THE-PORTAL-SIGNED")
+                    );
+                    Ok(Response::new(Full::new(Bytes::from(page))))
                 }
             });
             // Upgrades must be enabled for websocket sessions.

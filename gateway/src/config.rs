@@ -334,6 +334,19 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_SCREENSHOT_MAX_BYTES", default_value_t = crate::screenshot::DEFAULT_MAX_BYTES)]
     pub screenshot_max_bytes: usize,
 
+    // --- viewer page -----------------------------------------------------------
+    /// Path prefix the gateway is mounted under when the proxy or portal in
+    /// front does not strip it, e.g. `/labgate` (then the page is
+    /// `/labgate/view/{lab}`). A stripping ingress needs nothing: the page's
+    /// URLs are relative.
+    #[arg(long, env = "LABGATE_GATEWAY_BASE_PATH", value_parser = parse_base_path)]
+    pub base_path: Option<String>,
+
+    /// Who may show the viewer page in a frame: CSP `frame-ancestors`
+    /// sources, e.g. `'self' https://portal.example.org`.
+    #[arg(long, env = "LABGATE_GATEWAY_FRAME_ANCESTORS", default_value = "'none'", value_parser = parse_frame_ancestors)]
+    pub frame_ancestors: String,
+
     // --- logging -------------------------------------------------------------
     /// Log format.
     #[arg(
@@ -353,6 +366,30 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     s.trim()
         .parse::<Algorithm>()
         .map_err(|_| format!("unknown JWT algorithm {s:?}"))
+}
+
+fn parse_base_path(s: &str) -> Result<String, String> {
+    let trimmed = s.trim_end_matches('/');
+    let ok = trimmed.starts_with('/')
+        && trimmed[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != ".."
+                && seg != "."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if ok {
+        Ok(trimmed.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: expected a path like /labgate (letters, digits, - _ . between slashes)"
+        ))
+    }
+}
+
+fn parse_frame_ancestors(s: &str) -> Result<String, String> {
+    crate::viewer::validate_frame_ancestors(s).map(|()| s.trim().to_string())
 }
 
 fn non_zero(d: Duration) -> Option<Duration> {
@@ -521,6 +558,10 @@ impl Config {
                 cache_ttl: self.screenshot_cache_ttl,
                 timeout: self.screenshot_timeout,
                 captures_keep_viewers: self.vnc_preserve_session,
+            },
+            base_path: self.base_path.clone(),
+            viewer: crate::viewer::ViewerSettings {
+                frame_ancestors: self.frame_ancestors.clone(),
             },
         }
     }

@@ -40,6 +40,8 @@
 //! - [`metrics`]: Prometheus metrics; [`demo`]: the no-cluster demo (static backend, Xvnc
 //!   desktop, PTY shells).
 //! - `fuzzing`: entry points of the fuzz targets (`gateway/fuzz/`) and of the corpus replay test.
+//! - [`viewer`]: the viewer page `/view/{lab}` and its hashed `/assets/`, embedded from
+//!   `web/dist/` by `build.rs` (the page's sources are in `gateway/web/`).
 //!
 //! # Embedding
 //! [`Gateway::handle`] is an ordinary async request handler; mount it in any
@@ -71,6 +73,7 @@ pub mod tls;
 pub mod token;
 pub mod vm_index;
 pub mod vm_watch;
+pub mod viewer;
 
 /// The old path of [`backend`], kept so `labgate_gateway::upstream::…` still works.
 pub use backend as upstream;
@@ -253,6 +256,7 @@ async fn serve(
         let gateway = gateway.clone();
         background.spawn(async move { gateway.serve_admin(admin).await });
     }
+    viewer::log_availability();
     let local = listener.local_addr()?;
     tracing::info!(
         addr = %local,

@@ -98,10 +98,47 @@ pub enum Target {
     Ready,
     /// `/metrics`.
     Metrics,
+    /// `/view/{lab}`: the viewer page.
+    Viewer(String),
+    /// `/view/{lab}/`: redirected to the page without the slash (its URLs are relative).
+    ViewerSlash(String),
+    /// `/assets/{name}`: a file of the viewer bundle (the name is a plain file name).
+    Asset(String),
     /// `/labs/...` that does not parse: refused as a bad request.
     BadSession,
     /// Anything else.
     NotFound,
+}
+
+impl Target {
+    /// The request path as it may be logged: what was understood of it, never a token (a
+    /// session's token may be in its path, and an unmatched path may be anything).
+    pub fn log_path(&self) -> String {
+        match self {
+            Target::Session(r) => format!(
+                "/labs/{}/{}/{}{}",
+                r.namespace,
+                r.vmi,
+                r.kind,
+                if r.token.is_some() {
+                    " (token redacted)"
+                } else {
+                    ""
+                }
+            ),
+            Target::LabListing(lab) => format!("/labs/{}", lab.namespace),
+            Target::Screenshot(r) => format!("/labs/{}/{}/screenshot", r.namespace, r.vmi),
+            Target::Health => "/healthz".into(),
+            Target::Ready => "/readyz".into(),
+            Target::Metrics => "/metrics".into(),
+            Target::Viewer(lab) => format!("/view/{lab}"),
+            Target::ViewerSlash(lab) => format!("/view/{lab}/"),
+            Target::Asset(name) if crate::viewer::has_asset(name) => format!("/assets/{name}"),
+            Target::Asset(_) => "/assets/(unknown name)".into(),
+            Target::BadSession => "/labs/(unparsed)".into(),
+            Target::NotFound => "(unmatched path)".into(),
+        }
+    }
 }
 
 /// Maps a request path and query to a [`Target`].
@@ -111,6 +148,20 @@ pub fn parse(path: &str, query: Option<&str>) -> Target {
         "/readyz" => return Target::Ready,
         "/metrics" => return Target::Metrics,
         _ => {}
+    }
+    if let Some(lab) = path.strip_prefix("/view/") {
+        return match lab.strip_suffix('/') {
+            Some(lab) if is_dns_label(lab) => Target::ViewerSlash(lab.to_string()),
+            None if is_dns_label(lab) => Target::Viewer(lab.to_string()),
+            _ => Target::NotFound,
+        };
+    }
+    if let Some(name) = path.strip_prefix("/assets/") {
+        return if crate::viewer::is_asset_name(name) {
+            Target::Asset(name.to_string())
+        } else {
+            Target::NotFound
+        };
     }
     let Some(rest) = path.strip_prefix("/labs/") else {
         return Target::NotFound;
@@ -350,5 +401,50 @@ mod tests {
         let r = session("/labs/lab-1/vm-a/vnc/secret.token.value", None).unwrap();
         let shown = format!("{r:?}");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn viewer_and_asset_paths() {
+        assert_eq!(parse("/view/lab-1", None), Target::Viewer("lab-1".into()));
+        assert_eq!(
+            parse("/view/lab-1/", None),
+            Target::ViewerSlash("lab-1".into())
+        );
+        for path in [
+            "/view/",
+            "/view/Lab",
+            "/view/lab/x",
+            "/view/..",
+            "/view/a%2Fb",
+        ] {
+            assert_eq!(parse(path, None), Target::NotFound, "{path}");
+        }
+        assert_eq!(
+            parse("/assets/viewer.AB12.js", None),
+            Target::Asset("viewer.AB12.js".into())
+        );
+        for path in [
+            "/assets/",
+            "/assets/../Cargo.toml",
+            "/assets/a/b.js",
+            "/assets/.hidden",
+        ] {
+            assert_eq!(parse(path, None), Target::NotFound, "{path}");
+        }
+    }
+
+    /// What is logged of a request path never holds a token, whatever the path.
+    #[test]
+    fn logged_paths_never_show_tokens() {
+        for path in [
+            "/labs/lab-1/vm-a/vnc/secret.token.value",
+            "/labs/lab-1/vm-a/vnc/secret.token.value/more",
+            "/secret.token.value",
+            "/view/lab-1/secret.token.value",
+            "/assets/secret.token.value",
+        ] {
+            let logged = parse(path, Some("token=secret.token.value")).log_path();
+            assert!(!logged.contains("secret"), "{path} logged as {logged}");
+        }
     }
 }

@@ -37,6 +37,7 @@ use crate::route::{self, Route, Target};
 use crate::sessions::{ConsoleClaim, ConsoleHold, ConsoleKey, Limits, SessionPermit, Sessions};
 use crate::splice::{self, ByteCounts, ByteMetrics, SpliceSettings};
 use crate::token::{TokenError, TokenVerifier};
+use crate::viewer::{self, ViewerSettings};
 
 /// Response type of the service.
 pub type GatewayResponse = Response<Full<Bytes>>;
@@ -64,6 +65,11 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Screenshot cache, timeout and takeover guard.
     pub screenshots: crate::screenshot::ScreenshotSettings,
+    /// Path prefix the gateway is mounted under when nothing in front strips it
+    /// (`/labgate`); `None` serves from `/`.
+    pub base_path: Option<String>,
+    /// Headers of the viewer page.
+    pub viewer: ViewerSettings,
 }
 
 impl Settings {
@@ -165,17 +171,42 @@ impl Gateway {
         self.shared.sessions.open_sessions()
     }
 
-    /// Handles one HTTP request: a session upgrade, a refusal, or `/healthz`,
+    /// Handles one HTTP request (below `--base-path` when set): a session upgrade, a refusal,
+    /// the viewer page and its assets (see [`viewer`](crate::viewer)), or `/healthz`,
     /// `/readyz`, `/metrics` (404 after [`Gateway::move_admin_endpoints`]). Mount it in any hyper (or axum) server that
     /// enables upgrades; session tasks outlive the request.
     pub async fn handle<B>(&self, req: Request<B>) -> GatewayResponse {
-        match route::parse(req.uri().path(), req.uri().query()) {
+        let target = match self.local_path(req.uri().path()) {
+            Some(path) => route::parse(path, req.uri().query()),
+            // Probes address the process, not the mount: the admin endpoints answer at the
+            // root too (when they are on this listener at all).
+            None => match route::parse(req.uri().path(), None) {
+                admin @ (Target::Health | Target::Ready | Target::Metrics) => admin,
+                _ => Target::NotFound,
+            },
+        };
+        // The request line as received, minus anything that could be a token.
+        tracing::debug!(target: "labgate::request", method = %req.method(), path = %target.log_path(), "request");
+        match target {
             Target::Session(route) => self.session(req, route).await,
             Target::LabListing(lab) => self.lab_listing(req, lab).await,
             Target::Screenshot(route) => self.screenshot(req, route).await,
             Target::BadSession => self.refuse(req, None, None, Refusal::BadRequest),
+            Target::Viewer(_) => viewer::page(&req, &self.shared.settings.viewer),
+            Target::ViewerSlash(lab) => viewer::redirect_without_slash(&lab),
+            Target::Asset(name) => viewer::asset(&req, &name),
             other if self.shared.admin_on_main.load(Ordering::Acquire) => self.admin(&other),
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
+        }
+    }
+
+    /// The path below `--base-path`, or `None` for a path outside it.
+    fn local_path<'p>(&self, path: &'p str) -> Option<&'p str> {
+        match &self.shared.settings.base_path {
+            None => Some(path),
+            Some(base) => path
+                .strip_prefix(base.as_str())
+                .filter(|rest| rest.starts_with('/')),
         }
     }
 

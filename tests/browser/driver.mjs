@@ -117,6 +117,60 @@ async function state(p) {
     });
 }
 
+// Reads pixels of the page's screen canvas: the test pages' (pages/vnc.js) or the viewer's.
+function canvasPixels(points) {
+    const canvas = window.labgate && window.labgate.canvas
+        ? window.labgate.canvas() : document.querySelector("#screen canvas");
+    const ctx = canvas.getContext("2d");
+    return points.map(([x, y]) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3)));
+}
+
+// A fingerprint of a rectangle of the screen canvas: a hash of its pixels and how many are dark.
+function canvasRegion([x, y, w, h]) {
+    const canvas = window.labgate && window.labgate.canvas
+        ? window.labgate.canvas() : document.querySelector("#screen canvas");
+    const data = canvas.getContext("2d").getImageData(x, y, w, h).data;
+    let hash = 2166136261;
+    let dark = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        for (let c = 0; c < 3; c++) hash = Math.imul(hash ^ data[i + c], 16777619) >>> 0;
+        if (data[i] + data[i + 1] + data[i + 2] < 200) dark++;
+    }
+    return { hash, dark, total: w * h };
+}
+
+function viewerLines() {
+    return Array.from(document.querySelectorAll("#console .xterm-rows > div"))
+        .map((row) => row.textContent.replace(/\u00a0/g, " "));
+}
+
+// What the viewer page shows: its state attributes, the message, the address bar, the VM list.
+async function viewerState(p) {
+    return p.evaluate(() => {
+        const d = document.body.dataset;
+        const message = document.getElementById("message");
+        const action = document.getElementById("message-action");
+        return {
+            state: d.state || null,
+            closeCode: d.closeCode || null,
+            vm: d.vm || null,
+            kind: d.kind || null,
+            message: message && !message.hidden ? document.getElementById("message-text").textContent : null,
+            detail: document.getElementById("message-detail")?.textContent || null,
+            action: action && !action.hidden ? action.textContent : null,
+            status: document.getElementById("status")?.textContent || "",
+            href: location.href,
+            vms: Array.from(document.querySelectorAll("#vm-list .vm")).map((b) => ({
+                name: b.dataset.vm,
+                phase: b.querySelector(".vm-phase")?.dataset.phase || null,
+                current: b.getAttribute("aria-current") === "true",
+            })),
+        };
+    });
+}
+
+const viewerRecords = new Map();
+
 const ops = {
     // Opens pages/{kind}.html (`lib` picks the noVNC version), connects it to `url` and waits
     // until the connection is up or has ended.
@@ -154,11 +208,121 @@ const ops = {
     },
 
     async pixels({ name, points }) {
-        return page(name).evaluate((pts) => window.labgate.pixels(pts), points);
+        return page(name).evaluate(canvasPixels, points);
     },
 
     async region({ name, rect }) {
-        return page(name).evaluate((r) => window.labgate.region(r), rect);
+        return page(name).evaluate(canvasRegion, rect);
+    },
+
+    // Opens the gateway's own viewer page `url` (the fragment carries the token). Records every
+    // request and websocket URL the page makes (and Referer headers) for `requests`. With
+    // `fallbackListing`, a gateway that does not answer `GET labs/{lab}` (400/404) is answered
+    // with that JSON instead, as the lab listing would; a real listing passes through unchanged.
+    async openViewer({ name, url, fallbackListing, timeoutMs = 15000 }) {
+        if (pages.has(name)) throw new Error(`page ${name} already open`);
+        const p = await context.newPage();
+        pages.set(name, p);
+        const seen = { requests: [], websockets: [], csp: [] };
+        viewerRecords.set(name, seen);
+        p.on("pageerror", (e) => process.stderr.write(`[${name}] page error: ${e.message}\n`));
+        p.on("console", (m) => {
+            if (/Content.Security.Policy|Refused to/i.test(m.text())) seen.csp.push(m.text());
+        });
+        p.on("request", (r) => seen.requests.push({ url: r.url(), referer: r.headers()["referer"] || null }));
+        p.on("websocket", (ws) => seen.websockets.push(ws.url()));
+        if (fallbackListing) {
+            const listing = new URL(url);
+            listing.hash = "";
+            const lab = listing.pathname.split("/").pop();
+            const path = listing.pathname.replace(/\/view\/[^/]+$/, `/labs/${lab}`);
+            await p.route((u) => u.pathname === path, async (route) => {
+                // Node trusts the test CA through NODE_EXTRA_CA_CERTS (tests/tests/browser/driver.rs).
+                const response = await route.fetch().catch((e) => {
+                    process.stderr.write(`[${name}] fetching the lab listing failed: ${e.code || e.name}\n`);
+                    return null;
+                });
+                if (!response) return route.abort();
+                if (response.status() === 400 || response.status() === 404) {
+                    await route.fulfill({
+                        status: 200,
+                        contentType: "application/json",
+                        headers: { "cache-control": "no-store" },
+                        body: JSON.stringify(fallbackListing),
+                    });
+                } else {
+                    await route.fulfill({ response });
+                }
+            });
+        }
+        await p.goto(url);
+        await p.waitForFunction(() => document.body && document.body.dataset.state !== "loading", null, { timeout: timeoutMs });
+        return viewerState(p);
+    },
+
+    async viewerState({ name }) {
+        return viewerState(page(name));
+    },
+
+    // Waits until the viewer's `data-state` is `state` (and, if given, its close code and VM/kind).
+    async waitViewer({ name, state, closeCode, vm, kind, timeoutMs = 15000 }) {
+        const p = page(name);
+        try {
+            await p.waitForFunction(([s, c, v, k]) => {
+                const d = document.body.dataset;
+                return d.state === s && (c == null || d.closeCode === String(c))
+                    && (v == null || d.vm === v) && (k == null || d.kind === k);
+            }, [state, closeCode ?? null, vm ?? null, kind ?? null], { timeout: timeoutMs });
+        } catch (e) {
+            throw new Error(`${e.message}; the viewer is ${JSON.stringify(await viewerState(p))}`);
+        }
+        return viewerState(p);
+    },
+
+    async viewport({ name, width, height }) {
+        await page(name).setViewportSize({ width, height });
+        return null;
+    },
+
+    async fill({ name, selector, text }) {
+        await page(name).fill(selector, text);
+        return null;
+    },
+
+    async click({ name, selector }) {
+        await page(name).click(selector);
+        return null;
+    },
+
+    // The viewer's terminal lines, read from xterm.js's DOM rows.
+    async viewerLines({ name }) {
+        return page(name).evaluate(viewerLines);
+    },
+
+    async waitViewerLine({ name, line, timeoutMs = 10000 }) {
+        const p = page(name);
+        try {
+            await until(`a terminal line "${line}"`, timeoutMs, async () =>
+                (await p.evaluate(viewerLines)).some((x) => x.trim() === line));
+        } catch (e) {
+            const shown = (await p.evaluate(viewerLines)).filter((x) => x.trim());
+            throw new Error(`${e.message}; the terminal shows ${JSON.stringify(shown.slice(-10))}`);
+        }
+        return p.evaluate(viewerLines);
+    },
+
+    // Clicks into the viewer's terminal and types `text` (then Enter).
+    async typeViewer({ name, text, enter = false }) {
+        const p = page(name);
+        await p.click("#console .xterm-screen");
+        await p.keyboard.type(text, { delay: 5 });
+        if (enter) await p.keyboard.press("Enter");
+        return null;
+    },
+
+    // What the viewer page requested: every URL (and Referer), websockets, CSP complaints.
+    async requests({ name }) {
+        return viewerRecords.get(name);
     },
 
     // Focuses the client, optionally moves the mouse to canvas coordinates `at` (so the X

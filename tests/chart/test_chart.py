@@ -368,6 +368,12 @@ def test_optional_objects_follow_their_switches(rendered):
     for ing in ingress:
         assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
         assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$uri"
+        # Sessions, the viewer page and its assets all reach the gateway.
+        paths = {p["path"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}
+        assert paths == {"/labs/", "/view/", "/assets/"}
+    for route in [o for _, o in objects if o["kind"] == "HTTPRoute"]:
+        prefixes = {m["path"]["value"] for r in route["spec"]["rules"] for m in r["matches"]}
+        assert prefixes == {"/labs/", "/view/", "/assets/"}
 
 
 def test_own_network_policies_allow_only_what_is_needed(rendered):
@@ -444,7 +450,10 @@ def test_notes_tell_how_to_create_a_lab_and_open_it():
     out = chart.render(values, name="labgate", namespace=NAMESPACE)
     notes = out["labgate/templates/NOTES.txt"]
     assert "labgate.io/owner-hash" in notes and "sha256sum" in notes
-    assert "wss://labs.example.org/labs/lab-alice-net101/<vm>/vnc/<token>" in notes
+    # The viewer link with the token in the fragment; websocket URLs without a token in the path.
+    assert "https://labs.example.org/view/lab-alice-net101#token=<token>" in notes
+    assert "wss://labs.example.org/labs/lab-alice-net101/<vm>/vnc\n" in notes
+    assert "/<token>" not in notes
     assert "helm test labgate" in notes
 
 

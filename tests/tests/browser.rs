@@ -15,8 +15,10 @@ mod x11;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
+use base64::Engine as _;
 use driver::Browser;
 use labgate_gateway::Refusal;
+use labgate_tests::standin::{UpstreamAddr, Vmi};
 use serde_json::{Value, json};
 use support::*;
 use x11::{Picture, Rect};
@@ -37,7 +39,42 @@ struct Stage {
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
+/// Everything the in-process gateways of this test binary logged, at debug level.
+static GATEWAY_LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogCapture;
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        GATEWAY_LOG
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once per test binary, before the harness's own subscriber) a subscriber that
+/// keeps the gateway's debug log, request lines included, for the token-leak check.
+fn capture_gateway_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,labgate=debug,labgate_gateway=debug,hyper=debug,tungstenite=debug,tokio_tungstenite=debug",
+        ))
+        .with_ansi(false)
+        .with_writer(|| LogCapture)
+        .try_init();
+}
+
+fn gateway_log() -> String {
+    String::from_utf8_lossy(&GATEWAY_LOG.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
 async fn stage(scenario: &str) -> Stage {
+    capture_gateway_log();
     let turn = ONE_BROWSER_AT_A_TIME.lock().await;
     clear_old_screenshots(scenario);
     let env = start(Options::default()).await.expect("test environment");
@@ -620,5 +657,395 @@ async fn deleting_the_lab_closes_both_sessions_within_a_second() {
     let scenario = "revocation";
     let mut stage = stage(scenario).await;
     let result = revocation_scenario(&mut stage, scenario).await;
+    stage.browser.finish(scenario, result).await;
+}
+
+/// The gateway's own viewer page (`/view/{lab}#token=…`), opened as a student opens the portal's
+/// link: it shows the desktop's known picture, takes typing on the console, switches between
+/// screen and console and between two VMs without a reload, and tells the student in a sentence
+/// when the link has expired or the VM was taken over in another window. The token never
+/// appears in a URL the page requests, in a Referer, or in the gateway's log.
+async fn viewer_scenario(stage: &mut Stage, scenario: &str) -> anyhow::Result<()> {
+    ensure!(
+        labgate_gateway::viewer::is_built(),
+        "the viewer page is not built into this gateway: run scripts/build-viewer.sh, then the tests"
+    );
+    let Stage { env, browser, .. } = stage;
+    // A second running VM on the same real upstreams, to switch to.
+    let screen = env.xvnc.as_ref().context("Xvnc")?.socket();
+    let console = env.console.as_ref().context("console")?.socket();
+    env.standin.add_vmi(
+        "lab-alice",
+        "vm2",
+        Vmi::running(
+            Some(UpstreamAddr::Unix(screen)),
+            Some(UpstreamAddr::Unix(console)),
+        ),
+    );
+    let token = env.token(ALICE);
+    let expired = env.sign(json!({"sub": ALICE, "aud": AUDIENCE, "exp": now() - 120}));
+    let base = format!("https://localhost:{}", env.addr.port());
+    // The lab listing's contract (GET labs/{lab}), used only if this gateway has no listing.
+    let vm =
+        |name: &str| json!({"name": name, "phase": "Running", "screen": true, "console": true});
+    let listing = json!({"lab": "lab-alice", "vms": [vm("vm1"), vm("vm2")]});
+    let link = |token: &str, vm: &str, kind: &str| {
+        format!("{base}/view/lab-alice#token={token}&vm={vm}&kind={kind}")
+    };
+
+    // The screen of vm1.
+    let state = browser
+        .call(
+            "openViewer",
+            json!({"name": "viewer", "url": link(&token, "vm1", "vnc"), "fallbackListing": listing}),
+        )
+        .await?;
+    let href = state["href"].as_str().unwrap_or_default();
+    ensure!(
+        href == format!("{base}/view/lab-alice"),
+        "the address bar still shows the fragment: {href}"
+    );
+    let names: Vec<&str> = state["vms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    ensure!(
+        names.contains(&"vm1") && names.contains(&"vm2"),
+        "the page lists {names:?}"
+    );
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "viewer", "state": "connected", "vm": "vm1", "kind": "vnc"}),
+        )
+        .await?;
+    wait_for_picture(browser, "viewer").await?;
+    browser
+        .screenshot("viewer", &format!("{scenario}-screen"))
+        .await?;
+
+    // Its console, without a reload: type and read the echo.
+    browser
+        .call(
+            "click",
+            json!({"name": "viewer", "selector": "#tab-console"}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "viewer", "state": "connected", "vm": "vm1", "kind": "console"}),
+        )
+        .await?;
+    browser
+        .call("waitViewerLine", json!({"name": "viewer", "line": "$"}))
+        .await
+        .context("no shell prompt on the viewer's console")?;
+    let marker = format!("viewer-{}", random_word());
+    browser
+        .call(
+            "typeViewer",
+            json!({"name": "viewer", "text": format!("echo {marker}"), "enter": true}),
+        )
+        .await?;
+    browser
+        .call("waitViewerLine", json!({"name": "viewer", "line": marker}))
+        .await?;
+    // The paste box: its text reaches the console as if typed, newline as Enter.
+    let pasted = format!("pasted-{}", random_word());
+    browser
+        .call("click", json!({"name": "viewer", "selector": "#btn-paste"}))
+        .await?;
+    browser
+        .call(
+            "fill",
+            json!({"name": "viewer", "selector": "#paste-text", "text": format!("echo {pasted}\n")}),
+        )
+        .await?;
+    browser
+        .call(
+            "click",
+            json!({"name": "viewer", "selector": "#paste-send"}),
+        )
+        .await?;
+    browser
+        .call("waitViewerLine", json!({"name": "viewer", "line": pasted}))
+        .await
+        .context("pasted text did not reach the console")?;
+    browser
+        .screenshot("viewer", &format!("{scenario}-console"))
+        .await?;
+
+    // The other VM: its console, then its screen.
+    browser
+        .call(
+            "click",
+            json!({"name": "viewer", "selector": ".vm[data-vm=\"vm2\"]"}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "viewer", "state": "connected", "vm": "vm2", "kind": "console"}),
+        )
+        .await?;
+    browser
+        .call("click", json!({"name": "viewer", "selector": "#tab-vnc"}))
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "viewer", "state": "connected", "vm": "vm2", "kind": "vnc"}),
+        )
+        .await?;
+    wait_for_picture(browser, "viewer").await?;
+    let seen = browser.call("requests", json!({"name": "viewer"})).await?;
+    let sockets: Vec<String> = seen["websockets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str())
+        .map(|u| u.replace(&format!("wss://localhost:{}", env.addr.port()), ""))
+        .collect();
+    ensure!(
+        sockets
+            == [
+                "/labs/lab-alice/vm1/vnc",
+                "/labs/lab-alice/vm1/console",
+                "/labs/lab-alice/vm2/console",
+                "/labs/lab-alice/vm2/vnc"
+            ],
+        "the page opened these websockets: {sockets:?}"
+    );
+
+    // The same VM's screen in a second window takes it over; the first says so and waits for
+    // the student instead of taking it back by itself.
+    browser
+        .call(
+            "openViewer",
+            json!({"name": "second", "url": link(&token, "vm2", "vnc"), "fallbackListing": listing}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "second", "state": "connected", "vm": "vm2", "kind": "vnc"}),
+        )
+        .await?;
+    let state = browser
+        .call(
+            "waitViewer",
+            json!({"name": "viewer", "state": "ended", "closeCode": Refusal::TakenOver.close_code()}),
+        )
+        .await
+        .context("the first window was not told it was taken over")?;
+    ensure!(
+        state["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("You opened this machine in another window")),
+        "the taken-over window says {state}"
+    );
+    ensure!(
+        state["action"] == "Use it in this window",
+        "the taken-over window offers {}",
+        state["action"]
+    );
+    browser
+        .screenshot("viewer", &format!("{scenario}-taken-over"))
+        .await?;
+    // No reconnect by itself: the second window keeps the screen.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first = browser
+        .call("viewerState", json!({"name": "viewer"}))
+        .await?;
+    let second = browser
+        .call("viewerState", json!({"name": "second"}))
+        .await?;
+    ensure!(
+        first["state"] == "ended" && second["state"] == "connected",
+        "after a takeover: first {first}, second {second}"
+    );
+    wait_for_picture(browser, "second").await?;
+    // At a phone's width the machines go above the screen, which still fits.
+    browser
+        .call(
+            "viewport",
+            json!({"name": "second", "width": 390, "height": 780}),
+        )
+        .await?;
+    wait_for_picture(browser, "second").await?;
+    browser
+        .screenshot("second", &format!("{scenario}-phone"))
+        .await?;
+
+    // An expired link: the sentence, and no retry.
+    browser
+        .call(
+            "openViewer",
+            json!({"name": "expired", "url": link(&expired, "vm1", "vnc"), "fallbackListing": listing}),
+        )
+        .await?;
+    let state = browser
+        .call(
+            "waitViewer",
+            json!({"name": "expired", "state": "ended", "closeCode": Refusal::TokenExpired.close_code()}),
+        )
+        .await?;
+    ensure!(
+        state["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("This link has expired.")),
+        "the expired link's page says {state}"
+    );
+    ensure!(
+        state["action"].is_null(),
+        "an expired link offers {}",
+        state["action"]
+    );
+    browser
+        .screenshot("expired", &format!("{scenario}-expired"))
+        .await?;
+
+    // A gateway mounted under a prefix it is not stripped of (a portal embedding it, see
+    // gateway/examples/embed.rs): the same page works below /labgate/.
+    let mounted = env.replica(&["--base-path", "/labgate"]).await?;
+    let prefixed = format!(
+        "https://localhost:{}/labgate/view/lab-alice#token={token}&vm=vm1&kind=vnc",
+        mounted.env.addr.port()
+    );
+    browser
+        .call(
+            "openViewer",
+            json!({"name": "mounted", "url": prefixed, "fallbackListing": listing}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "mounted", "state": "connected", "vm": "vm1", "kind": "vnc"}),
+        )
+        .await?;
+    wait_for_picture(browser, "mounted").await?;
+    let seen = browser.call("requests", json!({"name": "mounted"})).await?;
+    ensure!(
+        seen["websockets"][0]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/labgate/labs/lab-alice/vm1/vnc")),
+        "the mounted page opened {}",
+        seen["websockets"]
+    );
+    browser
+        .screenshot("mounted", &format!("{scenario}-mounted"))
+        .await?;
+
+    // The first window takes its VM back with the button; now the second is told.
+    browser
+        .call(
+            "click",
+            json!({"name": "viewer", "selector": "#message-action"}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "viewer", "state": "connected", "vm": "vm2", "kind": "vnc"}),
+        )
+        .await?;
+    browser
+        .call(
+            "waitViewer",
+            json!({"name": "second", "state": "ended", "closeCode": Refusal::TakenOver.close_code()}),
+        )
+        .await?;
+
+    // A gateway going away (1001) is worth reconnecting to: the page says so and retries.
+    let mut mounted = mounted;
+    mounted.env.shutdown();
+    let state = browser
+        .call(
+            "waitViewer",
+            json!({"name": "mounted", "state": "retrying", "closeCode": 1001}),
+        )
+        .await?;
+    ensure!(
+        state["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("The gateway is restarting."))
+            && state["action"] == "Reconnect now",
+        "a page whose gateway went away shows {state}"
+    );
+    browser
+        .screenshot("mounted", &format!("{scenario}-gateway-restarting"))
+        .await?;
+
+    // Neither token in any URL or Referer the pages sent, nor in the gateway's log; no CSP
+    // violation on the way.
+    let mut assets = 0;
+    for page in ["viewer", "second", "expired", "mounted"] {
+        let seen = browser.call("requests", json!({"name": page})).await?;
+        let requests = seen["requests"].as_array().cloned().unwrap_or_default();
+        for request in &requests {
+            for field in ["url", "referer"] {
+                let value = request[field].as_str().unwrap_or_default();
+                ensure!(
+                    !value.contains(&token) && !value.contains(&expired),
+                    "{page}: a request's {field} carries the token: {value}"
+                );
+                ensure!(
+                    !value.contains("token="),
+                    "{page}: a request's {field} carries a token parameter: {value}"
+                );
+            }
+            if request["url"]
+                .as_str()
+                .is_some_and(|u| u.contains("/assets/"))
+            {
+                assets += 1;
+            }
+        }
+        for socket in seen["websockets"].as_array().into_iter().flatten() {
+            let url = socket.as_str().unwrap_or_default();
+            ensure!(
+                !url.contains(&token) && !url.contains(&expired) && !url.contains("token"),
+                "{page}: a websocket URL carries the token: {url}"
+            );
+        }
+        ensure!(
+            seen["csp"].as_array().is_none_or(|c| c.is_empty()),
+            "{page}: Content-Security-Policy complaints: {}",
+            seen["csp"]
+        );
+    }
+    ensure!(assets >= 2, "the pages loaded {assets} assets");
+    let log = gateway_log();
+    ensure!(
+        log.contains("path=/view/lab-alice") && log.contains("path=/assets/viewer."),
+        "the gateway's log lacks the page's request lines"
+    );
+    for (name, secret) in [("token", &token), ("expired token", &expired)] {
+        // As sent (Authorization), its signature alone, and as the bearer subprotocol sends it.
+        let signature = secret.rsplit('.').next().unwrap_or(secret);
+        let subprotocol = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        for (form, shown) in [
+            ("itself", secret.as_str()),
+            ("its signature", signature),
+            ("in the subprotocol", &subprotocol),
+        ] {
+            ensure!(
+                !log.contains(shown),
+                "the gateway's log shows the {name} ({form})"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_page_shows_screen_console_switches_and_explains_endings() {
+    let scenario = "viewer";
+    let mut stage = stage(scenario).await;
+    let result = viewer_scenario(&mut stage, scenario).await;
     stage.browser.finish(scenario, result).await;
 }

@@ -94,6 +94,8 @@ impl Browser {
             .arg("driver.mjs")
             .arg(config.to_string())
             .current_dir(project_dir())
+            // For requests the driver itself makes (the viewer's lab-listing stand-in).
+            .env("NODE_EXTRA_CA_CERTS", ca_pem)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
