@@ -22,7 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::raw_stream::{self, AtEnd};
 use super::targets_file::{self, StaticTargets, Target};
 use super::{
-    Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmPhase, VmSummary,
+    Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmPhase,
+    VmSummary,
 };
 use crate::index::LabIndex;
 use crate::refusal::Refusal;
