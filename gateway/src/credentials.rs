@@ -55,7 +55,9 @@ pub fn token_with(from_url: Option<&str>, headers: &HeaderMap) -> Result<Option<
                 .decode(encoded.trim_end_matches('='))
                 .ok()
         })
-        .filter_map(|bytes| String::from_utf8(bytes).ok());
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
+        // An empty token is no token, as in the path and the query.
+        .filter(|t| !t.is_empty());
     let mut found: Option<String> = None;
     for candidate in from_url
         .map(str::to_string)
@@ -173,6 +175,23 @@ mod tests {
         assert_eq!(
             token(&route(Some("same.to.ken")), &h).unwrap().as_deref(),
             Some("same.to.ken")
+        );
+    }
+
+    /// Found by the `route_credentials` fuzz target: an empty bearer
+    /// subprotocol gave the empty string as a token (and, beside a path
+    /// token, a conflict); like an empty `?token=`, it is no token.
+    #[test]
+    fn an_empty_bearer_subprotocol_is_no_token() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            format!("{BEARER_PROTOCOL_PREFIX}, binary").parse().unwrap(),
+        );
+        assert_eq!(token(&route(None), &h), Ok(None));
+        assert_eq!(
+            token(&route(Some("a.b.c")), &h).unwrap().as_deref(),
+            Some("a.b.c")
         );
     }
 

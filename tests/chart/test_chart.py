@@ -285,6 +285,13 @@ def test_gateway_flags_follow_the_values(rendered):
         assert f"--jwt-jwks-ca-file=/etc/labgate/jwt/{jwt['jwksCaFile']}" in args
         gw = deployment(objects, "gateway")["spec"]["template"]["spec"]
         assert {"name": "jwt", "secret": {"secretName": jwt["existingSecret"]}} in gw["volumes"]
+    # Behind an Ingress or a SNAT'ing Service all clients share an address:
+    # the per-address pre-auth cap is off unless the values turn it on.
+    limits = values["gateway"].get("limits", {})
+    per_address = limits.get("maxPreauthConnectionsPerAddress", 0)
+    assert f"--max-preauth-connections-per-address={per_address}" in args, args
+    total = limits.get("maxPreauthConnections", 1024)
+    assert f"--max-preauth-connections={total}" in args, args
     if values["gateway"]["tls"].get("mode") == "none":
         assert "--insecure-plain-http" in args and not any(a.startswith("--tls-") for a in args)
     else:
