@@ -72,9 +72,9 @@ pub mod sessions;
 pub mod splice;
 pub mod tls;
 pub mod token;
+pub mod viewer;
 pub mod vm_index;
 pub mod vm_watch;
-pub mod viewer;
 
 /// The old path of [`backend`], kept so `labgate_gateway::upstream::…` still works.
 pub use backend as upstream;

@@ -14,7 +14,9 @@ use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::{Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmSummary};
+use super::{
+    Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmSummary,
+};
 use crate::apiclient::ApiClient;
 use crate::route::ConsoleKind;
 

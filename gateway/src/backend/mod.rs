@@ -24,9 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::refusal::Refusal;
 use crate::route::ConsoleKind;
 
+pub use crate::vm_index::{VmPhase, VmSummary};
 pub use kubevirt::{KUBEVIRT_PROTOCOL, KubeVirtBackend, classify_refusal};
 pub use static_targets::StaticBackend;
-pub use crate::vm_index::{VmPhase, VmSummary};
 
 /// The byte stream under an upstream websocket.
 pub enum UpstreamIo {

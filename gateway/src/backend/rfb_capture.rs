@@ -40,7 +40,9 @@ pub enum CaptureError {
     NoUsableSecurity(Vec<u8>),
     #[error("the RFB server refused the connection: {0}")]
     Refused(String),
-    #[error("the screen is {width}x{height}: {bytes} framebuffer bytes exceed the limit of {limit}")]
+    #[error(
+        "the screen is {width}x{height}: {bytes} framebuffer bytes exceed the limit of {limit}"
+    )]
     TooLarge {
         width: u16,
         height: u16,
@@ -296,9 +298,7 @@ impl Capture {
                 }
             }
             State::Skip(left) => {
-                let n = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(input.len());
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
                 input.advance(n);
                 let left = left - n as u64;
                 if left > 0 {

@@ -28,7 +28,8 @@ use super::raw_stream::{self, AtEnd};
 use super::rfb_capture;
 use super::targets_file::{self, StaticTargets, Target};
 use super::{
-    Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmPhase, VmSummary,
+    Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmPhase,
+    VmSummary,
 };
 use crate::index::LabIndex;
 use crate::refusal::Refusal;
