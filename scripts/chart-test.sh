@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the Helm chart with the real Helm engine (PyPI helm-python-sdk, no
 # helm binary needed) and the Kubernetes schemas (kubernetes-validate --strict):
-# renders six value sets, lints, validates every object, asserts RBAC,
+# renders seven value sets, lints, validates every object, asserts RBAC,
 # pod security and the webhook's single definition. Installs its tools into
 # target/chart-venv on first use.
 set -euo pipefail

@@ -330,7 +330,8 @@ pub struct Config {
     #[arg(long, env = "LABGATE_GATEWAY_SCREENSHOT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub screenshot_timeout: Duration,
 
-    /// Largest screenshot accepted from KubeVirt, in bytes.
+    /// Largest screenshot accepted from KubeVirt, in bytes; on the static
+    /// backend, the largest screen captured (width × height × 4).
     #[arg(long, env = "LABGATE_GATEWAY_SCREENSHOT_MAX_BYTES", default_value_t = crate::screenshot::DEFAULT_MAX_BYTES)]
     pub screenshot_max_bytes: usize,
 

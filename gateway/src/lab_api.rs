@@ -116,9 +116,11 @@ impl Gateway {
                 kind: ConsoleKind::Vnc,
             };
             // On KubeVirt < 1.6.3 a capture drops the live viewer: never do that
-            // to a screen relayed here unless told captures are harmless.
-            if !shared.settings.screenshots.captures_keep_viewers && shared.sessions.is_held(&key)
-            {
+            // to a screen relayed here unless the flags or the backend (the
+            // static backend's shared RFB capture) say captures are harmless.
+            let harmless = shared.settings.screenshots.captures_keep_viewers
+                || shared.backend.captures_keep_viewers();
+            if !harmless && shared.sessions.is_held(&key) {
                 return Err(Failure::Refused((user, Refusal::VmBusy)));
             }
             let target = UpstreamTarget {

@@ -29,7 +29,8 @@
 //! - [`backend`]: the [`Backend`](backend::Backend) seam (`upstream` is its old name, still
 //!   re-exported). [`backend::kubevirt`] opens KubeVirt subresources;
 //!   [`backend::static_targets`] opens the `tcp:`/`unix:`/`pty:` targets of a YAML file
-//!   ([`backend::targets_file`]), raw streams framed for the splice by [`backend::raw_stream`].
+//!   ([`backend::targets_file`]), raw streams framed for the splice by [`backend::raw_stream`],
+//!   and captures its screens with [`backend::rfb_capture`] (a one-frame RFB client, PNG).
 //! - [`vm_index`]: each lab's VMs and their state, in memory (bounded per lab and in total).
 //! - [`vm_watch`]: the VMI and VM list+watch loops feeding the VM index.
 //! - [`lab_api`]: `GET /labs/{lab}` (the lab's VMs) and `GET /labs/{lab}/{vm}/screenshot`.
@@ -192,7 +193,10 @@ async fn serve(
         let stamps = reload::FileStamps::new([path]);
         let targets = backend::targets_file::load(path)?;
         index.replace_all(targets.index_entries());
-        let statics = Arc::new(StaticBackend::new(targets, config.max_message_bytes));
+        let statics = Arc::new(
+            StaticBackend::new(targets, config.max_message_bytes)
+                .screenshot_max_bytes(config.screenshot_max_bytes),
+        );
         background.spawn(backend::static_targets::watch_file(
             path.clone(),
             stamps,

@@ -18,6 +18,10 @@
 //!   `--vnc-preserve-session` says KubeVirt is >= 1.6.3 it refuses (`vm_busy`)
 //!   to capture a screen it is relaying itself; a viewer connected through
 //!   another replica cannot be seen and would be dropped.
+//!
+//! The static backend captures with a shared RFB connection of its own
+//! ([`crate::backend::rfb_capture`]), which leaves viewers connected
+//! ([`Backend::captures_keep_viewers`]), so its relayed screens are captured.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -105,6 +105,35 @@ VALUE_SETS = {
         "admission": {**PORTAL, "egress": "strict", "extraExemptNamespaces": ["monitoring"], "baselineAdminNetworkPolicy": True},
         "apiServer": {"cidrs": ["10.96.0.1/32", "192.168.10.5/32"]},
     },
+    "issuers-strict-egress": {
+        "gateway": {
+            "tls": {"existingSecret": "labgate-gateway-tls"},
+            "jwt": {
+                "existingSecret": "idp-files",
+                "extraIssuers": [
+                    {
+                        "issuer": "https://staff-idp.example.org/realms/staff",
+                        "audiences": ["labgate"],
+                        "jwksUrl": "https://staff-idp.example.org/realms/staff/protocol/openid-connect/certs",
+                        "jwksCaFile": "staff-ca.pem",
+                        "userClaim": "preferred_username",
+                    },
+                    {
+                        "issuer": "https://students.example.org",
+                        "allowAnyAudience": True,
+                        "jwksUrl": "https://keycloak.idp.svc:8443/realms/students/protocol/openid-connect/certs",
+                        "keys": [
+                            {"file": "students.pem", "type": "public", "kid": "students-2026"},
+                            {"file": "students-hmac", "type": "hmac"},
+                        ],
+                    },
+                ],
+            },
+        },
+        "admission": PORTAL,
+        "apiServer": {"cidrs": ["10.96.0.1/32"]},
+        "networkPolicy": {"jwksEgress": {"cidrs": ["203.0.113.10/32"], "peers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "idp"}}}]}},
+    },
 }
 
 def documented_rbac():
@@ -390,13 +419,90 @@ def test_own_network_policies_allow_only_what_is_needed(rendered):
     cidrs = values.get("apiServer", {}).get("cidrs", [])
     for np in nps:
         assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
-        api, dns = np["spec"]["egress"]
+        api, dns, *idp = np["spec"]["egress"]
+        # Only the gateway fetches JWK sets, and only when a URL is configured.
+        wants_idp = "gateway" in np["metadata"]["name"] and jwks_urls(values)
+        assert len(idp) == (1 if wants_idp else 0), np["spec"]["egress"]
         assert {p["port"] for p in api["ports"]} == {443, 6443}
         if cidrs:
             assert [t["ipBlock"]["cidr"] for t in api["to"]] == cidrs
         assert {p["port"] for p in dns["ports"]} == {53}
         metrics_rule = np["spec"]["ingress"][1]
         assert metrics_rule["from"], "metrics are never open to everyone"
+
+
+def jwks_urls(values):
+    jwt = values.get("gateway", {}).get("jwt", {})
+    urls = [jwt["jwksUrl"]] if jwt.get("jwksUrl") else []
+    return urls + [i["jwksUrl"] for i in jwt.get("extraIssuers", []) if i.get("jwksUrl")]
+
+
+def gateway_policy(objects):
+    return next(o for _, o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("gateway"))
+
+
+def test_the_identity_providers_are_reachable_through_the_network_policy(rendered):
+    name, values, objects, _ = rendered
+    urls = jwks_urls(values)
+    if not urls:
+        return
+    rule = gateway_policy(objects)["spec"]["egress"][2]
+    wanted = values.get("networkPolicy", {}).get("jwksEgress", {})
+    ports = {int(re.search(r"^https://[^/]+?(?::(\d+))?(?:/|$)", u).group(1) or 443) for u in urls}
+    assert {p["port"] for p in rule["ports"]} == ports, rule
+    assert all(p["protocol"] == "TCP" for p in rule["ports"])
+    if wanted.get("cidrs") or wanted.get("peers"):
+        assert rule["to"] == [{"ipBlock": {"cidr": c}} for c in wanted.get("cidrs", [])] + wanted.get("peers", [])
+    else:
+        # The safe default: the URLs' ports only, to any address (a policy cannot name a host).
+        assert "to" not in rule
+
+
+def test_jwks_egress_ports_can_be_given_and_without_a_url_nothing_is_opened():
+    base = VALUE_SETS["strict-egress"]
+    objects, _ = render(merge(copy.deepcopy(base), {}))
+    assert len(gateway_policy(objects)["spec"]["egress"]) == 2
+    objects, _ = render(merge(copy.deepcopy(base), {
+        "gateway": {"jwt": {"jwksUrl": "https://idp.example.org/certs"}},
+        "networkPolicy": {"jwksEgress": {"ports": [8080, 8443]}},
+    }))
+    rule = gateway_policy(objects)["spec"]["egress"][2]
+    assert [p["port"] for p in rule["ports"]] == [8080, 8443]
+
+
+def test_extra_issuers_become_the_gateways_issuers_file(rendered):
+    name, values, objects, raw = rendered
+    extra = values.get("gateway", {}).get("jwt", {}).get("extraIssuers", [])
+    maps = [o for _, o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-issuers")]
+    gw = deployment(objects, "gateway")
+    container = gw["spec"]["template"]["spec"]["containers"][0]
+    flag = "--jwt-issuers-file=/etc/labgate/issuers/issuers.yaml"
+    if not extra:
+        assert not maps and flag not in container["args"]
+        return
+    assert flag in container["args"]
+    (cm,) = maps
+    assert {"name": "jwt-issuers", "mountPath": "/etc/labgate/issuers", "readOnly": True} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in gw["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["jwt-issuers"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert volumes["jwt"]["secret"]["secretName"] == values["gateway"]["jwt"]["existingSecret"]
+    assert "checksum/issuers" in gw["spec"]["template"]["metadata"]["annotations"]
+    # The format of gateway/src/token/issuers.rs (deny_unknown_fields there).
+    allowed = {"issuer", "audiences", "allowAnyAudience", "hmacSecretFiles", "publicKeyFiles", "jwksFile", "jwksUrl", "jwksCaFile", "userClaim"}
+    issuers = yaml.safe_load(cm["data"]["issuers.yaml"])["issuers"]
+    assert len(issuers) == len(extra)
+    for got, want in zip(issuers, extra):
+        assert set(got) <= allowed, got
+        assert got["issuer"] == want["issuer"]
+        assert got.get("audiences", []) == want.get("audiences", [])
+        assert got.get("allowAnyAudience", False) == want.get("allowAnyAudience", False)
+        assert got.get("jwksUrl") == want.get("jwksUrl")
+        assert got.get("userClaim") == want.get("userClaim")
+        if want.get("jwksCaFile"):
+            assert got["jwksCaFile"] == f"/etc/labgate/jwt/{want['jwksCaFile']}"
+        for kind, field in (("public", "publicKeyFiles"), ("hmac", "hmacSecretFiles")):
+            files = [(f"{k['kid']}=" if k.get("kid") else "") + f"/etc/labgate/jwt/{k['file']}" for k in want.get("keys", []) if k["type"] == kind]
+            assert got.get(field, []) == files
 
 
 def test_values_reject_typos_and_wrong_types():
@@ -412,6 +518,12 @@ def test_values_reject_typos_and_wrong_types():
         {"gateway": {"jwt": {"jwksUrl": "http://idp.example.org/certs"}}},
         {"gateway": {"jwt": {"jwksCaFile": "../ca.pem"}}},
         {"gateway": {"jwt": {"userClaim": ""}}},
+        {"gateway": {"jwt": {"extraIssuers": [{"audiences": ["x"], "jwksUrl": "https://idp/certs"}]}}},
+        {"gateway": {"jwt": {"extraIssuers": [{"issuer": "a", "audiences": ["x"], "jwksURL": "https://idp/certs"}]}}},
+        {"gateway": {"jwt": {"extraIssuers": [{"issuer": "a", "audiences": ["x"], "jwksUrl": "http://idp/certs"}]}}},
+        {"gateway": {"jwt": {"extraIssuers": [{"issuer": "a", "audiences": ["x"], "keys": [{"file": "../k", "type": "public"}]}]}}},
+        {"networkPolicy": {"jwksEgress": {"cidrs": ["idp.example.org"]}}},
+        {"networkPolicy": {"jwksEgress": {"ports": [0]}}},
         {"metrics": {"prometheusRule": {"enable": True}}},
     ):
         with pytest.raises(helm.HelmValuesError):
@@ -426,6 +538,10 @@ def test_missing_required_choices_fail_with_a_clear_message():
         ({"gateway": {"tls": {"existingSecret": ""}}}, "gateway.tls.existingSecret"),
         ({"gateway": {"jwt": {"audiences": []}}}, "allowAnyAudience"),
         ({"gateway": {"jwt": {"jwksCaFile": "ca.pem", "jwksUrl": "https://idp/certs", "keys": [], "existingSecret": ""}}}, "jwksCaFile"),
+        ({"gateway": {"jwt": {"extraIssuers": [{"issuer": "a", "jwksUrl": "https://idp/certs"}]}}}, "give audiences"),
+        ({"gateway": {"jwt": {"extraIssuers": [{"issuer": "a", "audiences": ["x"], "allowAnyAudience": True, "jwksUrl": "https://idp/certs"}]}}}, "not both"),
+        ({"gateway": {"jwt": {"extraIssuers": [{"issuer": "a", "audiences": ["x"]}]}}}, "has no keys"),
+        ({"gateway": {"jwt": {"keys": [], "existingSecret": "", "extraIssuers": [{"issuer": "a", "audiences": ["x"], "keys": [{"file": "k.pem", "type": "public"}]}]}}}, "existingSecret, which is empty"),
     ]
     for override, message in cases:
         values = merge(copy.deepcopy(VALUE_SETS["defaults"]), override)

@@ -123,7 +123,21 @@ impl Xvnc {
         Xvnc::start_on(true)
     }
 
+    /// Like [`Xvnc::start`] without `-AlwaysShared`: each client's ClientInit decides, and
+    /// a client asking for an exclusive screen disconnects the others (TigerVNC's default
+    /// `-DisconnectClients`), as on a VM's own VNC server.
+    ///
+    /// # Errors
+    /// See [`Xvnc::start`].
+    pub fn start_sharing_on_request() -> anyhow::Result<Xvnc> {
+        Xvnc::start_with(false, false)
+    }
+
     fn start_on(tcp: bool) -> anyhow::Result<Xvnc> {
+        Xvnc::start_with(tcp, true)
+    }
+
+    fn start_with(tcp: bool, always_shared: bool) -> anyhow::Result<Xvnc> {
         let dir = tempfile::Builder::new().prefix("labgate-xvnc").tempdir()?;
         let socket = dir.path().join("vnc.sock");
         let log = dir.path().join("xvnc.log");
@@ -155,7 +169,8 @@ impl Xvnc {
                     ])
                     .arg("-rfbunixpath")
                     .arg(&socket)
-                    .args(["-AlwaysShared", "-desktop", "labgate-test"])
+                    .args(always_shared.then_some("-AlwaysShared"))
+                    .args(["-desktop", "labgate-test"])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log_file),

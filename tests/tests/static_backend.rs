@@ -523,3 +523,201 @@ async fn a_pty_session_that_ends_hangs_up_on_its_program_and_its_jobs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// --- screenshots: a short shared RFB capture of the screen -------------------
+
+/// A plain HTTP GET; returns the status and the body's bytes.
+async fn get_bytes(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {head}"));
+    (status, out[end + 4..].to_vec())
+}
+
+fn screenshot_path(vm: &str) -> String {
+    format!("/labs/lab-a/{vm}/screenshot?token={}", token(ALICE))
+}
+
+fn set_background(display: &str, colour: &str) {
+    let status = std::process::Command::new("xsetroot")
+        .args(["-display", display, "-solid", colour])
+        .status()
+        .expect("xsetroot (x11-xserver-utils) runs");
+    assert!(status.success(), "xsetroot on {display}");
+}
+
+/// Decodes a PNG; returns its size and the share of its pixels that are `rgb`.
+fn share_of(png_bytes: &[u8], rgb: [u8; 3]) -> (u32, u32, f64) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes))
+        .read_info()
+        .expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let pixels = (info.width * info.height) as usize;
+    let matching = buf[..pixels * channels]
+        .chunks_exact(channels)
+        .filter(|p| p[..3] == rgb)
+        .count();
+    (info.width, info.height, matching as f64 / pixels as f64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_of_xvnc_over_tcp_and_unix_show_its_background() {
+    let xvnc = Xvnc::start_with_tcp().unwrap();
+    set_background(&xvnc.display(), "#336699");
+    let port = xvnc.tcp_port().unwrap();
+    let vms = vm("over-tcp", Some(format!("tcp:127.0.0.1:{port}")), None)
+        + &vm(
+            "over-unix",
+            Some(format!("unix:{}", xvnc.socket().display())),
+            None,
+        )
+        + &vm("console-only", None, Some("pty:/bin/true".into()));
+    // A 1 ms cache: every request below is a capture of its own.
+    let gw = start(&targets_yaml(&[], &vms), &["--screenshot-cache-ttl", "1ms"]).await;
+    let mut took = Vec::new();
+    for round in 0..5 {
+        for name in ["over-tcp", "over-unix"] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let t0 = Instant::now();
+            let (status, png) = get_bytes(gw.addr, &screenshot_path(name)).await;
+            took.push(t0.elapsed());
+            assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&png));
+            if round == 0 {
+                let (w, h, share) = share_of(&png, [0x33, 0x66, 0x99]);
+                assert_eq!((w, h), (800, 600), "{name}");
+                // All but the cursor, which Xvnc may draw into a Raw-only client's frame.
+                assert!(share > 0.99, "{name}: {share} of the screen is #336699");
+            }
+        }
+    }
+    took.sort();
+    eprintln!(
+        "screenshot latency against Xvnc 800x600 (gateway, RFB capture, PNG; {} captures): min {:?}, median {:?}, max {:?}",
+        took.len(),
+        took[0],
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    // The background changes: a new capture shows it.
+    set_background(&xvnc.display(), "#cc3300");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, png) = get_bytes(gw.addr, &screenshot_path("over-unix")).await;
+    assert_eq!(status, 200);
+    assert!(share_of(&png, [0xcc, 0x33, 0x00]).2 > 0.99);
+    // KubeVirt's answers for a VM without a screen, and for no VM at all.
+    assert_eq!(
+        get_bytes(gw.addr, &screenshot_path("console-only")).await.0,
+        409
+    );
+    assert_eq!(get_bytes(gw.addr, &screenshot_path("nope")).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_leaves_the_live_session_of_that_screen_open() {
+    // No -AlwaysShared: an exclusive (non-shared) client would disconnect the viewer.
+    let xvnc = Xvnc::start_sharing_on_request().unwrap();
+    set_background(&xvnc.display(), "#336699");
+    let vms = vm(
+        "vm1",
+        Some(format!("unix:{}", xvnc.socket().display())),
+        None,
+    );
+    let gw = start(&targets_yaml(&[], &vms), &[]).await;
+    let mut viewer = gw.open("vm1", "vnc", &token(ALICE)).await;
+    let (w, h) = rfb_handshake(&mut viewer).await;
+    // The screen is relayed here: the static backend's capture is shared, so it is taken.
+    let (status, png) = get_bytes(gw.addr, &screenshot_path("vm1")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&png));
+    assert!(share_of(&png, [0x33, 0x66, 0x99]).2 > 0.99);
+    // The viewer still has its screen: the rest of its first update arrives
+    // without a close, and a new full update request is answered.
+    let mut quiet = 0;
+    while quiet < 3 {
+        match tokio::time::timeout(Duration::from_millis(200), viewer.next()).await {
+            Err(_) => quiet += 1,
+            Ok(Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)))) => quiet = 0,
+            other => panic!("the viewer lost its screen during a capture: {other:?}"),
+        }
+    }
+    let mut req = vec![3u8, 0, 0, 0, 0, 0];
+    req.extend_from_slice(&w.to_be_bytes());
+    req.extend_from_slice(&h.to_be_bytes());
+    viewer
+        .send(Message::Binary(req.into()))
+        .await
+        .expect("the viewer's session is still open");
+    match tokio::time::timeout(Duration::from_secs(5), viewer.next()).await {
+        Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(b[0], 0, "a FramebufferUpdate"),
+        other => panic!("the viewer lost its screen during a capture: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_and_password_protected_screens_fail_in_time_with_502() {
+    let dir = tempfile::tempdir().unwrap();
+    // Greets, then never says anything again.
+    let hangs = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hangs_port = hangs.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = hangs.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"RFB 003.008\n").await;
+            held.push(s);
+        }
+    });
+    // Asks for a VNC password (security type 2 only).
+    let locked = dir.path().join("locked.sock");
+    let listener = tokio::net::UnixListener::bind(&locked).unwrap();
+    let dialled = Arc::new(AtomicUsize::new(0));
+    let seen = dialled.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            seen.fetch_add(1, Ordering::SeqCst);
+            let _ = s.write_all(b"RFB 003.008\n\x01\x02").await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut sink)).await;
+        }
+    });
+    let vms = vm("hangs", Some(format!("tcp:127.0.0.1:{hangs_port}")), None)
+        + &vm("locked", Some(format!("unix:{}", locked.display())), None);
+    let gw = start(&targets_yaml(&[], &vms), &["--screenshot-timeout", "500ms"]).await;
+    for name in ["hangs", "locked"] {
+        let t0 = Instant::now();
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(5),
+            get_bytes(gw.addr, &screenshot_path(name)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: no answer within 5 s"));
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 502, "{name}: {body}");
+        assert!(
+            body.contains(r#""error":"upstream_error""#),
+            "{name}: {body}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{name}: {:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(dialled.load(Ordering::SeqCst), 1);
+}

@@ -10,6 +10,7 @@
 
 pub mod kubevirt;
 pub mod raw_stream;
+pub mod rfb_capture;
 pub mod static_targets;
 pub mod targets_file;
 
@@ -118,6 +119,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bytes::Bytes, UpstreamError>> {
         let _ = target;
         Box::pin(async { Err(UpstreamError::Unsupported) })
+    }
+
+    /// Whether [`Backend::screenshot`] leaves the screen's live viewers
+    /// connected, so a screen relayed here may be captured. Default: not
+    /// known to (KubeVirt < 1.6.3 drops them; `--vnc-preserve-session` says
+    /// otherwise for KubeVirt).
+    fn captures_keep_viewers(&self) -> bool {
+        false
     }
 }
 

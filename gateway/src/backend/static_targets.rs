@@ -10,6 +10,11 @@
 //! would send. Connection failures are classified like KubeVirt's: all are
 //! "VM connection failed" (4012), and the connect timeout is the gateway's
 //! `--upstream-connect-timeout`.
+//!
+//! Screenshots are one short RFB capture of the screen ([`rfb_capture`]):
+//! a shared connection, so the viewers connected (through this gateway or
+//! not) keep the screen; a screen that asks for a VNC password cannot be
+//! captured (an error naming that, 502 `upstream_error`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::raw_stream::{self, AtEnd};
+use super::rfb_capture;
 use super::targets_file::{self, StaticTargets, Target};
 use super::{
     Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmPhase,
@@ -35,6 +41,8 @@ use crate::splice::close_frame;
 pub struct StaticBackend {
     targets: watch::Sender<Arc<StaticTargets>>,
     max_message_bytes: usize,
+    /// Largest screen captured, as a 32-bit framebuffer (width × height × 4).
+    screenshot_max_bytes: usize,
 }
 
 impl StaticBackend {
@@ -43,7 +51,15 @@ impl StaticBackend {
         StaticBackend {
             targets: watch::Sender::new(Arc::new(targets)),
             max_message_bytes,
+            screenshot_max_bytes: crate::screenshot::DEFAULT_MAX_BYTES,
         }
+    }
+
+    /// Refuses to capture screens whose 32-bit framebuffer (width × height
+    /// × 4) is larger than `bytes`.
+    pub fn screenshot_max_bytes(mut self, bytes: usize) -> StaticBackend {
+        self.screenshot_max_bytes = bytes;
+        self
     }
 
     /// Swaps in a new file's contents; sessions whose VM target disappeared
@@ -61,6 +77,50 @@ impl StaticBackend {
                 .map(|(name, t)| (name.clone(), t.screen.is_some(), t.console.is_some()))
                 .collect()
         })
+    }
+
+    /// The screen target of a VM, with KubeVirt's answers for a missing VM or screen.
+    fn screen_of(&self, target: UpstreamTarget<'_>) -> Result<Target, UpstreamError> {
+        let targets = self.targets.borrow();
+        let vm = targets
+            .vm(target.namespace, target.vmi)
+            .ok_or(UpstreamError::NotFound)?;
+        vm.screen
+            .clone()
+            .ok_or_else(|| UpstreamError::NotRunning("No graphics devices are present.".into()))
+    }
+
+    /// One RFB capture of the VM's screen, as a PNG (the caller bounds the time).
+    async fn capture(&self, target: UpstreamTarget<'_>) -> Result<bytes::Bytes, UpstreamError> {
+        let screen = self.screen_of(target)?;
+        let failed = |e: &dyn std::fmt::Display| {
+            UpstreamError::Transport(format!("screenshot of {}: {e}", screen.describe()))
+        };
+        let max = self.screenshot_max_bytes;
+        let frame = match &screen {
+            Target::Tcp(addr) => {
+                let mut stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let _ = stream.set_nodelay(true);
+                rfb_capture::capture(&mut stream, max).await
+            }
+            Target::Unix(path) => {
+                let mut stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                rfb_capture::capture(&mut stream, max).await
+            }
+            // The targets file only allows tcp: and unix: screens.
+            Target::Pty(_) => return Err(UpstreamError::Unsupported),
+        }
+        .map_err(|e| failed(&e))?;
+        // Deflating a large screen takes a few milliseconds: off the reactor.
+        let png = tokio::task::spawn_blocking(move || rfb_capture::encode_png(&frame))
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))?;
+        Ok(bytes::Bytes::from(png))
     }
 
     async fn open(&self, target: UpstreamTarget<'_>) -> Result<UpstreamIo, UpstreamError> {
@@ -141,6 +201,18 @@ impl Backend for StaticBackend {
             })
             .collect();
         Box::pin(async move { Ok(vms) })
+    }
+
+    fn screenshot<'a>(
+        &'a self,
+        target: UpstreamTarget<'a>,
+    ) -> BoxFuture<'a, Result<bytes::Bytes, UpstreamError>> {
+        Box::pin(self.capture(target))
+    }
+
+    /// A capture is one more shared RFB client: the viewers keep the screen.
+    fn captures_keep_viewers(&self) -> bool {
+        true
     }
 }
 
@@ -340,6 +412,29 @@ mod tests {
             let e = b.open(target("v", kind)).await.err().unwrap();
             assert_eq!(e.refusal(), Refusal::UpstreamError, "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_screen_asking_for_a_vnc_password_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            let (mut vm, _) = listener.accept().await.unwrap();
+            vm.write_all(b"RFB 003.008\n\x01\x02").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        let b = StaticBackend::new(
+            targets(&format!(
+                "labs:\n  - name: lab\n    owner: a\n    vms:\n      - {{name: v, screen: 'unix:{}'}}\n",
+                sock.display()
+            )),
+            1 << 20,
+        );
+        assert!(b.captures_keep_viewers());
+        let e = b.capture(target("v", ConsoleKind::Vnc)).await.unwrap_err();
+        assert_eq!(e.refusal(), Refusal::UpstreamError);
+        assert!(e.to_string().contains("VNC password"), "{e}");
     }
 
     #[tokio::test]

@@ -117,3 +117,83 @@ seccompProfile:
     - {port: 53, protocol: UDP}
     - {port: 53, protocol: TCP}
 {{- end -}}
+
+{{/* The --jwt-issuers-file of gateway.jwt.extraIssuers, checked as the gateway checks it. */}}
+{{- define "labgate.issuersFile" -}}
+{{- $jwt := .Values.gateway.jwt -}}
+{{- $entries := list -}}
+{{- range $i, $e := $jwt.extraIssuers -}}
+{{- $where := printf "gateway.jwt.extraIssuers[%d] (%s)" $i $e.issuer -}}
+{{- if eq (not $e.audiences) (not $e.allowAnyAudience) -}}
+{{- fail (printf "%s: give audiences (the aud it signs for labgate), or allowAnyAudience: true if its keys sign for nothing else (not both)" $where) -}}
+{{- end -}}
+{{- if and (not $e.keys) (not $e.jwksUrl) -}}
+{{- fail (printf "%s has no keys: give jwksUrl or keys" $where) -}}
+{{- end -}}
+{{- if and (or $e.keys $e.jwksCaFile) (not $jwt.existingSecret) -}}
+{{- fail (printf "%s: keys and jwksCaFile name files of gateway.jwt.existingSecret, which is empty" $where) -}}
+{{- end -}}
+{{- if and $e.jwksCaFile (not $e.jwksUrl) -}}
+{{- fail (printf "%s: jwksCaFile is set but jwksUrl is empty" $where) -}}
+{{- end -}}
+{{- $entry := dict "issuer" $e.issuer -}}
+{{- with $e.audiences }}{{ $_ := set $entry "audiences" . }}{{ end -}}
+{{- if $e.allowAnyAudience }}{{ $_ := set $entry "allowAnyAudience" true }}{{ end -}}
+{{- with $e.jwksUrl }}{{ $_ := set $entry "jwksUrl" . }}{{ end -}}
+{{- with $e.jwksCaFile }}{{ $_ := set $entry "jwksCaFile" (printf "/etc/labgate/jwt/%s" .) }}{{ end -}}
+{{- with $e.userClaim }}{{ $_ := set $entry "userClaim" . }}{{ end -}}
+{{- $public := list -}}
+{{- $hmac := list -}}
+{{- range $e.keys -}}
+{{- $file := printf "%s/etc/labgate/jwt/%s" (ternary (printf "%s=" .kid) "" (not (empty .kid))) .file -}}
+{{- if eq .type "hmac" }}{{ $hmac = append $hmac $file }}{{ else }}{{ $public = append $public $file }}{{ end -}}
+{{- end -}}
+{{- with $public }}{{ $_ := set $entry "publicKeyFiles" . }}{{ end -}}
+{{- with $hmac }}{{ $_ := set $entry "hmacSecretFiles" . }}{{ end -}}
+{{- $entries = append $entries $entry -}}
+{{- end -}}
+{{- toYaml (dict "issuers" $entries) -}}
+{{- end -}}
+
+{{/* Every JWKS URL the gateway fetches (gateway.jwt.jwksUrl and the extra issuers'). */}}
+{{- define "labgate.jwksUrls" -}}
+{{- $urls := list -}}
+{{- with .Values.gateway.jwt.jwksUrl }}{{ $urls = append $urls . }}{{ end -}}
+{{- range .Values.gateway.jwt.extraIssuers }}{{ with .jwksUrl }}{{ $urls = append $urls . }}{{ end }}{{ end -}}
+{{- toJson $urls -}}
+{{- end -}}
+
+{{/* Egress rule to the identity providers' JWKS URLs, when any is configured:
+     the ports of the URLs (443 unless a URL names one) or networkPolicy.jwksEgress.ports,
+     to networkPolicy.jwksEgress.cidrs/peers, or to any address when both are empty
+     (a NetworkPolicy cannot name a host; the gateway dials no address a client chooses). */}}
+{{- define "labgate.jwksEgress" -}}
+{{- $urls := include "labgate.jwksUrls" . | fromJsonArray -}}
+{{- $np := .Values.networkPolicy.jwksEgress -}}
+{{- if $urls -}}
+{{- $ports := list -}}
+{{- if $np.ports -}}
+{{- $ports = $np.ports -}}
+{{- else -}}
+{{- range $urls -}}
+{{- $host := (urlParse .).host -}}
+{{- $port := 443 -}}
+{{- if regexMatch ":[0-9]+$" $host }}{{ $port = regexFind "[0-9]+$" $host | int }}{{ end -}}
+{{- $ports = append $ports $port -}}
+{{- end -}}
+{{- end -}}
+- ports:
+    {{- range ($ports | uniq) }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- if or $np.cidrs $np.peers }}
+  to:
+    {{- range $np.cidrs }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+    {{- with $np.peers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+{{- end -}}
+{{- end -}}
