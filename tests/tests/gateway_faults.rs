@@ -162,6 +162,7 @@ async fn an_api_server_absent_at_start_leaves_the_gateway_unready_until_it_appea
     })
     .await;
     println!("ready {took:?} after the API server appeared");
+    assert!(took < Duration::from_secs(2), "{took:?}");
     let mut ws = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
     rfb_handshake(&mut ws).await;
 }
@@ -231,7 +232,13 @@ async fn a_hanging_upgrade_is_refused_with_4012_within_the_connect_timeout() {
 
     env.standin.set_upgrade_fault(Some(UpgradeFault::Hang));
     let t0 = Instant::now();
-    let mut ws = env.open("lab-alice", "vm1", "vnc", &env.token(ALICE)).await;
+    let token = env.token(ALICE);
+    let mut ws = tokio::time::timeout(
+        Duration::from_secs(5),
+        env.open("lab-alice", "vm1", "vnc", &token),
+    )
+    .await
+    .expect("the gateway answers within its upstream connect timeout");
     let reason = assert_refused(&mut ws, 4012).await;
     let took = t0.elapsed();
     println!("hanging upgrade refused after {took:?}: {reason}");
@@ -606,7 +613,8 @@ async fn broken_certificate_files_keep_the_old_pair_until_valid_ones_return() {
             .filter(|l| l.contains("TLS certificate reload failed"))
             .count()
     };
-    let breakages: [(&str, Box<dyn Fn()>); 4] = [
+    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let breakages: [Breakage<'_>; 4] = [
         (
             "invalid",
             Box::new(|| {

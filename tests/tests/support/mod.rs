@@ -201,7 +201,8 @@ pub async fn start(options: Options) -> anyhow::Result<Env> {
     // A test's own flags win over the harness defaults.
     for (flag, value) in defaults {
         let tls_flag = flag == "--tls-cert-file" || flag == "--tls-key-file";
-        if !options.extra_args.iter().any(|a| a == flag) && !(options.plain && tls_flag) {
+        let skip = options.extra_args.iter().any(|a| a == flag) || (options.plain && tls_flag);
+        if !skip {
             args.push(flag.to_string());
             args.push(value.to_string());
         }
