@@ -62,6 +62,16 @@ pub enum UpstreamAddr {
     Tcp(SocketAddr),
 }
 
+/// Ways the subresource upgrade of `vnc`/`console` can misbehave, for fault tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeFault {
+    /// The request is read and never answered (a hung virt-api or virt-handler).
+    Hang,
+    /// 101 Switching Protocols, then the first half of a binary websocket frame and the
+    /// connection closes (the VM side dying mid-frame).
+    HalfFrame,
+}
+
 /// Upstream addresses per VMI and the live sessions.
 #[derive(Default)]
 pub struct KubeVirt {
@@ -238,6 +248,29 @@ pub async fn serve(
         ));
     }
     let ws_key = websocket_key(&req)?;
+    let fault = *shared.upgrade_fault.lock().expect("fault lock");
+    match fault {
+        Some(UpgradeFault::Hang) => {
+            // Held until the client gives up (hyper then drops this future) or the server stops.
+            shared.cancel.cancelled().await;
+            return Err(ApiError::internal("stand-in stopped"));
+        }
+        Some(UpgradeFault::HalfFrame) => {
+            shared.runtime.spawn(async move {
+                if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                    let mut io = TokioIo::new(upgraded);
+                    // FIN + binary, 16-bit length 256, then only 4 of the 256 payload bytes.
+                    let _ = io
+                        .write_all(&[0x82, 0x7e, 0x01, 0x00, b'R', b'F', b'B', b' '])
+                        .await;
+                    let _ = io.flush().await;
+                    let _ = io.shutdown().await;
+                }
+            });
+            return Ok(switching(&ws_key, &call.protocols));
+        }
+        None => {}
+    }
     let addr = shared
         .kubevirt
         .upstream(&call.namespace, &call.name, &call.kind)
@@ -247,30 +280,40 @@ pub async fn serve(
     })?;
 
     let (id, kick) = shared.kubevirt.open_session(key.clone());
+    let shared_task = shared.clone();
+    // A stopped API server cuts the sessions it proxies too.
+    let serving = shared.serving.lock().expect("serving lock").clone();
+    shared.runtime.spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            tokio::select! {
+                () = bridge(ws, upstream, &kick, &shared_task.cancel) => {}
+                () = serving.cancelled() => {}
+            }
+        }
+        shared_task.kubevirt.close_session(&key, id);
+    });
+    Ok(switching(&ws_key, &call.protocols))
+}
+
+/// The 101 answer to a websocket upgrade.
+fn switching(ws_key: &str, protocols: &[String]) -> Response<Body> {
     let mut response = Response::builder()
         .status(101)
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", derive_accept_key(ws_key.as_bytes()));
-    if call.protocols.iter().any(|p| p == PLAIN_PROTOCOL) {
+    if protocols.iter().any(|p| p == PLAIN_PROTOCOL) {
         response = response.header("sec-websocket-protocol", PLAIN_PROTOCOL);
     }
-    let shared_task = shared.clone();
-    shared.runtime.spawn(async move {
-        if let Ok(upgraded) = hyper::upgrade::on(req).await {
-            let ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            bridge(ws, upstream, &kick, &shared_task.cancel).await;
-        }
-        shared_task.kubevirt.close_session(&key, id);
-    });
-    Ok(response
+    response
         .body(
             Empty::<Bytes>::new()
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         )
-        .expect("static response parts"))
+        .expect("static response parts")
 }
 
 /// virt-api's validation order: device present, not Failed (console), not paused, Running.

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::AdmissionHook;
-pub use kubevirt::{PLAIN_PROTOCOL, UpstreamAddr, Vmi};
+pub use kubevirt::{PLAIN_PROTOCOL, UpgradeFault, UpstreamAddr, Vmi};
 pub use rest::{NAMESPACE_CONTROLLER, NAMESPACE_NAME_LABEL};
 pub use screenshot::{ScreenshotMode, encode_png};
 
@@ -143,6 +143,11 @@ pub(crate) struct Shared {
     /// Bumped by [`StandIn::drop_watches`]; every watch stream cuts its connection.
     watch_cut: tokio::sync::watch::Sender<u64>,
     cancel: CancellationToken,
+    /// Cancelled by [`StandIn::stop_serving`]: the listener closes and every connection is cut,
+    /// as when the API server process goes away; [`StandIn::resume_serving`] installs a new one.
+    serving: Mutex<CancellationToken>,
+    /// How VM subresource upgrades misbehave, if at all.
+    upgrade_fault: Mutex<Option<UpgradeFault>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -152,6 +157,8 @@ struct Handle {
     url: String,
     ca: TestCa,
     gateway_token: String,
+    addr: SocketAddr,
+    tls: tokio_rustls::TlsAcceptor,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -195,9 +202,11 @@ impl StandIn {
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
             watch_cut: tokio::sync::watch::channel(0).0,
             cancel: CancellationToken::new(),
+            serving: Mutex::new(CancellationToken::new()),
+            upgrade_fault: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
         });
-        let server = tokio::spawn(accept_loop(shared.clone(), listener, tls));
+        let server = tokio::spawn(accept_loop(shared.clone(), listener, tls.clone()));
         tokio::spawn(kubevirt::end_sessions_of_stopped_vmis(shared.clone()));
         Ok(StandIn {
             inner: Arc::new(Handle {
@@ -205,6 +214,8 @@ impl StandIn {
                 url: format!("https://{addr}"),
                 ca,
                 gateway_token,
+                addr,
+                tls,
                 server: Mutex::new(Some(server)),
             }),
         })
@@ -557,6 +568,38 @@ impl StandIn {
         *self.shared().admission_hook.lock().expect("hook lock") = hook;
     }
 
+    /// Makes the VM subresource upgrades misbehave (`None`: behave).
+    pub fn set_upgrade_fault(&self, fault: Option<UpgradeFault>) {
+        *self.shared().upgrade_fault.lock().expect("fault lock") = fault;
+    }
+
+    /// The API server goes away: the port closes (connections are refused) and every open
+    /// connection, watches included, is cut. The stored objects stay, and tests may change them
+    /// while nobody can see it; [`StandIn::resume_serving`] brings the server back.
+    pub async fn stop_serving(&self) {
+        self.shared().serving.lock().expect("serving lock").cancel();
+        let server = self.inner.server.lock().expect("server lock").take();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+    }
+
+    /// The API server comes back on the same address, with the same CA and objects.
+    ///
+    /// # Errors
+    /// The address could not be bound again.
+    pub async fn resume_serving(&self) -> anyhow::Result<()> {
+        *self.shared().serving.lock().expect("serving lock") = CancellationToken::new();
+        let listener = TcpListener::bind(self.inner.addr).await?;
+        let server = tokio::spawn(accept_loop(
+            self.shared().clone(),
+            listener,
+            self.inner.tls.clone(),
+        ));
+        *self.inner.server.lock().expect("server lock") = Some(server);
+        Ok(())
+    }
+
     /// Stops accepting, ends every watch and websocket session, and waits for the accept loop.
     pub async fn shutdown(&self) {
         self.shared().cancel.cancel();
@@ -601,9 +644,11 @@ fn random_token() -> String {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: tokio_rustls::TlsAcceptor) {
+    let serving = shared.serving.lock().expect("serving lock").clone();
     loop {
         let (tcp, _) = tokio::select! {
             _ = shared.cancel.cancelled() => return,
+            _ = serving.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(_) => continue,
@@ -611,6 +656,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: tokio_rust
         };
         let shared = shared.clone();
         let tls = tls.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp));
             let Ok(Ok(stream)) = handshake.await else {
@@ -623,6 +669,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: tokio_rust
                 .with_upgrades();
             tokio::select! {
                 _ = shared.cancel.cancelled() => {}
+                _ = serving.cancelled() => {}
                 _ = conn => {}
             }
         });

@@ -43,6 +43,11 @@ pub struct Options {
     pub upstreams: bool,
     /// Identity the gateway authenticates as (default: the stand-in's gateway SA).
     pub kube_user: Option<labgate_tests::standin::UserInfo>,
+    /// Start the gateway while the stand-in is not serving (an API server not up yet);
+    /// `env.standin.resume_serving()` brings it up on the address the kubeconfig names.
+    pub standin_down: bool,
+    /// Serve plain HTTP (`--insecure-plain-http`) instead of TLS.
+    pub plain: bool,
 }
 
 impl Default for Options {
@@ -53,6 +58,8 @@ impl Default for Options {
             wait_ready: true,
             upstreams: true,
             kube_user: None,
+            standin_down: false,
+            plain: false,
         }
     }
 }
@@ -188,14 +195,22 @@ pub async fn start(options: Options) -> anyhow::Result<Env> {
         ("--upstream-connect-timeout", "5s"),
     ];
     let mut args = vec!["labgate-gateway".to_string()];
+    if options.plain {
+        args.push("--insecure-plain-http".to_string());
+    }
     // A test's own flags win over the harness defaults.
     for (flag, value) in defaults {
-        if !options.extra_args.iter().any(|a| a == flag) {
+        let tls_flag = flag == "--tls-cert-file" || flag == "--tls-key-file";
+        let skip = options.extra_args.iter().any(|a| a == flag) || (options.plain && tls_flag);
+        if !skip {
             args.push(flag.to_string());
             args.push(value.to_string());
         }
     }
     args.extend(options.extra_args.iter().cloned());
+    if options.standin_down {
+        standin.stop_serving().await;
+    }
     let (addr, tx, task) = spawn_gateway(args).await?;
     let env = Env {
         standin,
