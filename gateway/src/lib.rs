@@ -71,9 +71,9 @@ pub mod sessions;
 pub mod splice;
 pub mod tls;
 pub mod token;
+pub mod viewer;
 pub mod vm_index;
 pub mod vm_watch;
-pub mod viewer;
 
 /// The old path of [`backend`], kept so `labgate_gateway::upstream::…` still works.
 pub use backend as upstream;
@@ -268,6 +268,7 @@ async fn serve(
         demo::print_instructions(
             local,
             &demo::token(&files.secret, Duration::from_secs(8 * 3600)),
+            &files.secret_file,
             desktop.is_some(),
             started.elapsed(),
         );
