@@ -86,7 +86,18 @@ struct Demo {
 }
 
 impl Drop for Demo {
+    /// A test that fails midway still stops the demo as Ctrl-C does, so its Xvnc, xterm and
+    /// shells do not outlive the test; SIGKILL only if it does not exit.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
