@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the labgate demo with a real desktop: installs TigerVNC's Xvnc, xauth,
-# xterm and xsetroot if they are missing (Debian/Ubuntu, via apt-get; root or
-# sudo), then builds and starts `labgate-gateway --demo`, which prints the
-# viewer URL. Ctrl-C stops the gateway and everything it started.
+# xterm and xsetroot (and Node.js/npm for the viewer page) if they are missing
+# (Debian/Ubuntu, via apt-get; root or sudo), builds the viewer page and the
+# release binary, and starts `labgate-gateway --demo`, which prints the viewer
+# URL. Ctrl-C stops the gateway and everything it started.
 # Extra arguments go to the gateway, e.g. `bash scripts/demo.sh --listen 127.0.0.1:9090`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,29 @@ if [ "${#missing[@]}" -gt 0 ]; then
   else
     echo "demo: no apt-get here; install ${packages[*]} (or your system's TigerVNC Xvnc, xauth," \
       "xterm and xsetroot) for the desktop. Starting with the shells only." >&2
+  fi
+fi
+
+# The viewer page (noVNC + xterm.js) is bundled with npm and embedded in the binary.
+# Rebuilt only when its sources are newer than the last bundle.
+web=gateway/web
+if [ ! -f "$web/dist/index.html" ] ||
+  [ -n "$(find "$web/src" "$web/index.html" "$web/build.mjs" "$web/package-lock.json" \
+    -newer "$web/dist/index.html" 2>/dev/null | head -1)" ]; then
+  if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+    if command -v apt-get >/dev/null; then
+      sudo_cmd=""
+      [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+      echo "demo: installing Node.js and npm to build the viewer page (apt-get, ${sudo_cmd:-as root})"
+      export DEBIAN_FRONTEND=noninteractive
+      $sudo_cmd apt-get update -qq
+      $sudo_cmd apt-get install -y -qq --no-install-recommends nodejs npm
+    fi
+  fi
+  echo "demo: building the viewer page (npm ci + esbuild, pinned versions)"
+  if ! bash scripts/build-viewer.sh; then
+    echo "demo: the viewer page did not build (it needs Node.js >= 20 and npm); the demo" \
+      "will serve the websocket API only" >&2
   fi
 fi
 

@@ -5,8 +5,10 @@
 //! TigerVNC `Xvnc` desktop (a coloured background and an xterm to type into)
 //! and whose serial console is a shell on a PTY, and `shell`, a console only.
 //! Without Xvnc the demo says how to install it and offers the consoles only.
-//! The HMAC secret is random per run; the demo prints a token and the viewer
-//! URL. Every process it starts is stopped when the gateway stops.
+//! The HMAC secret is random per run; the demo prints the viewer URL with a
+//! token in its fragment, and the secret file's path for minting more (the
+//! browser test mints an expired one). Every process it starts is stopped
+//! when the gateway stops.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -301,33 +303,64 @@ pub fn print_no_desktop() {
     );
 }
 
-/// Prints how to try the demo.
+/// Prints how to try the demo (see [`instructions`]).
 pub fn print_instructions(
     addr: std::net::SocketAddr,
     token: &str,
+    secret_file: &Path,
     desktop: bool,
     ready_in: Duration,
 ) {
-    let base = format!("http://{addr}/labs/{DEMO_LAB}");
+    let text = instructions(addr, token, secret_file, desktop, ready_in);
+    if crate::viewer::is_built() {
+        println!("{text}");
+    } else {
+        println!(
+            "{text}\nThis labgate-gateway was built without the viewer page, so the viewer URL\n\
+             only says so: run `bash scripts/build-viewer.sh`, then build again\n\
+             (bash scripts/demo.sh does both).\n"
+        );
+    }
+}
+
+/// How to try the demo. The token goes into the viewer URL's fragment (never
+/// sent to a server) or an `Authorization` header, never into a URL path or
+/// query, where access logs and proxies would keep it.
+pub fn instructions(
+    addr: std::net::SocketAddr,
+    token: &str,
+    secret_file: &Path,
+    desktop: bool,
+    ready_in: Duration,
+) -> String {
     let screen = if desktop {
         format!("a real desktop (Xvnc, background {DEMO_BACKGROUND}, an xterm) and a shell console")
     } else {
         "a shell console (no screen: Xvnc is not installed)".to_string()
     };
-    println!(
+    // The path this binary was started from, so the line works without an install.
+    let binary = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.contains(char::is_whitespace))
+        .unwrap_or_else(|| "labgate-gateway".to_string());
+    format!(
         "\nlabgate demo is running on http://{addr} (ready {} ms after start)\n\
          lab {DEMO_LAB:?}, owned by {DEMO_USER}, has two VMs:\n  \
          {DEMO_DESKTOP}: {screen}\n  \
          {DEMO_SHELL}: a shell console\n\n\
-         Open the viewer:\n  \
+         Open the viewer in a browser (the token, valid 8h, is in the part after #, which\n\
+         the browser keeps to itself):\n  \
          http://{addr}/view/{DEMO_LAB}#token={token}\n\n\
-         The token alone (valid 8h):\n  {token}\n\
-         Or with any websocket client:\n  \
-         websocat ws://{addr}/labs/{DEMO_LAB}/{DEMO_SHELL}/console/{token}\n  \
-         curl -i {base}/{DEMO_SHELL}/console/not-a-token    # 401 bad token\n\n\
+         From a terminal, with the token in the Authorization header:\n  \
+         curl -H 'Authorization: Bearer {token}' http://{addr}/labs/{DEMO_LAB}\n  \
+         websocat -b -H 'Authorization: Bearer {token}' ws://{addr}/labs/{DEMO_LAB}/{DEMO_SHELL}/console\n\
+         More tokens, signed with this run's secret (deleted when the demo stops):\n  \
+         {binary} token --hmac-secret-file {} --audience {DEMO_AUDIENCE} --user {DEMO_USER} --ttl 1h\n\n\
          Press Ctrl-C to stop (the desktop and shells stop with it).\n",
-        ready_in.as_millis()
-    );
+        ready_in.as_millis(),
+        secret_file.display(),
+    )
 }
 
 #[cfg(test)]
@@ -351,6 +384,32 @@ mod tests {
         assert_eq!(mode(&a.secret_file), 0o600);
         assert_eq!(mode(a.dir.path()), 0o700);
         assert_eq!(std::fs::read(&a.secret_file).unwrap(), a.secret);
+    }
+
+    #[test]
+    fn the_printed_token_is_only_in_the_viewer_fragment_or_a_header() {
+        let files = write_files().unwrap();
+        let token = token(&files.secret, Duration::from_secs(60));
+        let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let text = instructions(addr, &token, &files.secret_file, true, Duration::ZERO);
+        let viewer = format!("http://{addr}/view/{DEMO_LAB}#token={token}");
+        assert!(
+            text.lines().any(|l| l.trim() == viewer),
+            "no viewer URL line in {text}"
+        );
+        let header = format!("'Authorization: Bearer {token}'");
+        for line in text.lines().filter(|l| l.contains(&token)) {
+            // Every URL on the line: the token may follow only the viewer's `#token=`.
+            for url in line.split_whitespace().filter(|w| w.contains("://")) {
+                let before_fragment = url.split('#').next().unwrap();
+                assert!(!before_fragment.contains(&token), "token in a URL: {line}");
+            }
+            assert!(
+                line.trim() == viewer || line.contains(&header),
+                "the token outside the fragment or a header: {line}"
+            );
+        }
+        assert!(text.contains(&files.secret_file.display().to_string()));
     }
 
     #[test]

@@ -272,6 +272,7 @@ async fn serve(
         demo::print_instructions(
             local,
             &demo::token(&files.secret, Duration::from_secs(8 * 3600)),
+            &files.secret_file,
             desktop.is_some(),
             started.elapsed(),
         );

@@ -3,6 +3,7 @@
 // NSS database, then answers one JSON command per stdin line with one JSON reply per stdout line.
 //
 // Usage: node driver.mjs '{"caPem": "/path/ca.pem", "chromium": "/usr/lib/chromium/chromium"}'
+// (without caPem, for plain-http gateways such as the demo, Chromium trusts no extra CA).
 // Commands: {"id": 1, "op": "open", ...}; replies: {"id": 1, "ok": true, "result": ...}.
 
 import { execFileSync } from "node:child_process";
@@ -86,7 +87,9 @@ async function until(what, timeoutMs, check) {
 const { chromium } = await loadPlaywright();
 const server = await startStaticServer();
 const base = `http://127.0.0.1:${server.address().port}`;
-const home = homeTrustingCa(config.caPem);
+const home = config.caPem
+    ? homeTrustingCa(config.caPem)
+    : fs.mkdtempSync(path.join(os.tmpdir(), "labgate-chromium-home-"));
 const browser = await chromium.launch({
     executablePath: config.chromium,
     env: { ...process.env, HOME: home },
@@ -163,6 +166,7 @@ async function viewerState(p) {
             vms: Array.from(document.querySelectorAll("#vm-list .vm")).map((b) => ({
                 name: b.dataset.vm,
                 phase: b.querySelector(".vm-phase")?.dataset.phase || null,
+                phaseText: b.querySelector(".vm-phase")?.textContent ?? null,
                 current: b.getAttribute("aria-current") === "true",
             })),
         };
@@ -315,6 +319,21 @@ const ops = {
     async typeViewer({ name, text, enter = false }) {
         const p = page(name);
         await p.click("#console .xterm-screen");
+        await p.keyboard.type(text, { delay: 5 });
+        if (enter) await p.keyboard.press("Enter");
+        return null;
+    },
+
+    // Clicks the viewer's screen at framebuffer coordinates `at` (noVNC takes the keyboard, and
+    // the X pointer moves there), then types `text` (then Enter).
+    async typeScreen({ name, at, text, enter = false }) {
+        const p = page(name);
+        const box = await p.evaluate(() => {
+            const canvas = document.querySelector("#screen canvas");
+            const r = canvas.getBoundingClientRect();
+            return { x: r.x, y: r.y, scale: r.width / canvas.width };
+        });
+        await p.mouse.click(box.x + at[0] * box.scale, box.y + at[1] * box.scale);
         await p.keyboard.type(text, { delay: 5 });
         if (enter) await p.keyboard.press("Enter");
         return null;

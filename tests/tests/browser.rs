@@ -82,7 +82,7 @@ async fn stage(scenario: &str) -> Stage {
     let picture = Picture::draw(&display).expect("drawing the known picture");
     let ca = env.dir.path().join("ca.pem");
     std::fs::write(&ca, env.standin.ca().ca_pem()).unwrap();
-    let browser = Browser::launch(&ca, scenario)
+    let browser = Browser::launch(Some(&ca), scenario)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     Stage {

@@ -27,7 +27,8 @@ const PHASES = {
     Scheduled: "starting",
     Failed: "failed",
     Succeeded: "shut down",
-    Unknown: "state unknown",
+    // Not "Unknown": a gateway that cannot see the VM's state (VMs outside Kubernetes, a node out
+    // of touch) says nothing rather than alarm a student; opening the VM tells the real story.
 };
 const KIND_NAMES = { vnc: "screen", console: "console" };
 const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -183,7 +184,8 @@ function renderVms() {
         const phase = document.createElement("span");
         phase.className = "vm-phase";
         phase.dataset.phase = vm.phase || "";
-        phase.textContent = vm.phase ? PHASES[vm.phase] || vm.phase : "";
+        // Phases without a word of their own (Unknown, anything new) show no badge.
+        phase.textContent = PHASES[vm.phase] || "";
         button.append(name, phase);
         button.addEventListener("click", () => selectVm(vm.name));
         item.append(button);

@@ -26,9 +26,10 @@ const REQUIRED_MODULES: [&str; 5] = [
     "playwright-core/package.json",
 ];
 
-/// The npm project with the test pages and the driver.
+/// The npm project with the test pages and the driver. Spelled from the workspace root, so
+/// the gateway's own tests (gateway/tests/demo.rs, which runs the demo binary) can use it too.
 pub fn project_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
 }
 
 /// Where screenshots go: `$LABGATE_BROWSER_OUTPUT`, else `<target dir>/browser-test-output`.
@@ -83,19 +84,24 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts node + Chromium trusting `ca_pem`; the driver's stderr goes to `<output>/<log_name>.log`.
-    pub async fn launch(ca_pem: &Path, log_name: &str) -> anyhow::Result<Browser> {
+    /// Starts node + Chromium trusting `ca_pem` (none: plain http only); the driver's stderr goes
+    /// to `<output>/<log_name>.log`.
+    pub async fn launch(ca_pem: Option<&Path>, log_name: &str) -> anyhow::Result<Browser> {
         check_node_modules()?;
         let chromium = chromium()?;
         std::fs::create_dir_all(output_dir())?;
         let log = output_dir().join(format!("{log_name}.log"));
         let config = json!({"caPem": ca_pem, "chromium": chromium});
-        let mut child = match Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg("driver.mjs")
             .arg(config.to_string())
-            .current_dir(project_dir())
+            .current_dir(project_dir());
+        if let Some(ca_pem) = ca_pem {
             // For requests the driver itself makes (the viewer's lab-listing stand-in).
-            .env("NODE_EXTRA_CA_CERTS", ca_pem)
+            command.env("NODE_EXTRA_CA_CERTS", ca_pem);
+        }
+        let mut child = match command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
