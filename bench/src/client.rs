@@ -36,6 +36,9 @@ pub struct Target {
     /// Signs a fresh token for each connection when the template has `{token}`.
     pub minter: Option<TokenMinter>,
     pub config: WebSocketConfig,
+    /// `Authorization` header value for upstreams that check a bearer token (direct to the
+    /// API-server stand-in, where a proxy would add it).
+    pub authorization: Option<String>,
     /// Numbers the VMIs: every session opens its own VMI, because labgate (like KubeVirt)
     /// lets only one session use a VM's screen or console at a time.
     pub next_vmi: AtomicU64,
@@ -67,10 +70,15 @@ impl Target {
     /// Opens a session: TCP, TLS if configured, websocket handshake, mode selector.
     pub async fn connect(&self, mode: Mode) -> anyhow::Result<Ws> {
         let url = self.url(mode)?;
-        let request = url
+        let mut request = url
             .as_str()
             .into_client_request()
             .context("bad target URL")?;
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert("authorization", value.parse().context("bad bearer token")?);
+        }
         let host = request
             .uri()
             .host()

@@ -42,6 +42,9 @@ pub struct Contender {
     pub name: &'static str,
     pub kind: Kind,
     pub tls: bool,
+    /// The production path: the upstream is the API-server stand-in over HTTPS, checking
+    /// the service account's bearer token (the proxy adds it; `direct` sends it itself).
+    pub upstream_tls: bool,
     pub description: &'static str,
 }
 
@@ -51,9 +54,32 @@ pub fn roster() -> Vec<Contender> {
         name,
         kind,
         tls,
+        upstream_tls: false,
+        description,
+    };
+    let prod = |name, kind, description| Contender {
+        name,
+        kind,
+        tls: true,
+        upstream_tls: true,
         description,
     };
     vec![
+        prod(
+            "direct-prod",
+            Kind::Direct,
+            "no proxy: wss straight to the HTTPS API-server stand-in, bearer header sent by the client",
+        ),
+        prod(
+            "labgate-prod",
+            Kind::Labgate,
+            "labgate-gateway, wss listener, upstream https with the service-account token, CA verified",
+        ),
+        prod(
+            "nginx-prod",
+            Kind::Nginx { tuned: true },
+            "nginx, TLS listener, proxy_pass https:// with the bearer header, CA verified, upstream session reuse, 64k buffers",
+        ),
         c(
             "direct",
             Kind::Direct,
@@ -134,6 +160,8 @@ pub struct Setup {
 pub struct UpstreamAddrs {
     pub ws: SocketAddr,
     pub tcp: SocketAddr,
+    /// The websocket listener speaks TLS and checks the bearer token (production path).
+    pub tls: bool,
 }
 
 /// A started process that is stopped (with its whole process tree) when dropped.
@@ -260,9 +288,20 @@ fn wait_for_port(process: &mut Process, port: u16, log: &Path) -> anyhow::Result
     )
 }
 
-/// Starts the upstream on the load core.
-pub fn start_upstream(setup: &Setup) -> anyhow::Result<(Process, UpstreamAddrs)> {
-    let cmd = pinned(LOAD_CORE, setup.bin_dir.join("bench-upstream"));
+/// Where a TLS upstream keeps its handshake counts.
+pub fn upstream_stats_file(setup: &Setup) -> PathBuf {
+    setup.work.join("upstream-tls-stats.json")
+}
+
+/// Starts the upstream on the load core; with `tls`, as the HTTPS API-server stand-in.
+pub fn start_upstream(setup: &Setup, tls: bool) -> anyhow::Result<(Process, UpstreamAddrs)> {
+    let mut cmd = pinned(LOAD_CORE, setup.bin_dir.join("bench-upstream"));
+    if tls {
+        cmd.arg("--tls-cert-file").arg(&setup.cert_file);
+        cmd.arg("--tls-key-file").arg(&setup.key_file);
+        cmd.arg("--bearer-token-file").arg(&setup.kube_token_file);
+        cmd.arg("--stats-file").arg(upstream_stats_file(setup));
+    }
     let (process, line) = spawn_reading_line(
         cmd,
         &setup.work.join("upstream.log"),
@@ -279,6 +318,7 @@ pub fn start_upstream(setup: &Setup) -> anyhow::Result<(Process, UpstreamAddrs)>
     let addrs = UpstreamAddrs {
         ws: addr("ws_addr")?,
         tcp: addr("tcp_addr")?,
+        tls,
     };
     Ok((process, addrs))
 }
@@ -290,6 +330,8 @@ pub struct Running {
     pub tls: bool,
     pub needs_token: bool,
     pub tcp_mode_selector: bool,
+    /// The client itself must send the upstream's bearer token (direct to the stand-in).
+    pub sends_bearer: bool,
 }
 
 impl Running {
@@ -329,13 +371,19 @@ impl Contender {
     pub fn start(&self, setup: &Setup, up: UpstreamAddrs) -> anyhow::Result<Running> {
         let log = setup.work.join(format!("{}.log", self.name));
         let scheme = if self.tls { "wss" } else { "ws" };
+        let up_scheme = if up.tls { "https" } else { "http" };
         match self.kind {
             Kind::Direct => Ok(Running {
                 process: None,
-                url: format!("ws://{}{KUBEVIRT_PATH}", up.ws),
-                tls: false,
+                url: format!(
+                    "{}://{}{KUBEVIRT_PATH}",
+                    if up.tls { "wss" } else { "ws" },
+                    up.ws
+                ),
+                tls: up.tls,
                 needs_token: false,
                 tcp_mode_selector: false,
+                sends_bearer: up.tls,
             }),
             Kind::Labgate => {
                 let port = free_port()?;
@@ -348,7 +396,11 @@ impl Contender {
                     cmd.arg("--insecure-plain-http");
                 }
                 cmd.arg("--labs-file").arg(&setup.labs_file);
-                cmd.arg("--kube-api-url").arg(format!("http://{}", up.ws));
+                cmd.arg("--kube-api-url")
+                    .arg(format!("{up_scheme}://{}", up.ws));
+                if up.tls {
+                    cmd.arg("--kube-ca-file").arg(&setup.ca_file);
+                }
                 cmd.arg("--kube-token-file").arg(&setup.kube_token_file);
                 cmd.arg("--jwt-hmac-secret-file").arg(&setup.secret_file);
                 cmd.args(["--jwt-algorithms", "HS256"]);
@@ -378,6 +430,7 @@ impl Contender {
                     tls: self.tls,
                     needs_token: true,
                     tcp_mode_selector: false,
+                    sends_bearer: false,
                 })
             }
             Kind::Nginx { tuned } => {
@@ -393,6 +446,7 @@ impl Contender {
                         up.ws,
                         tuned,
                         self.tls.then_some(setup),
+                        up.tls.then_some(setup),
                         setup.max_sessions,
                     ),
                 )?;
@@ -413,6 +467,7 @@ impl Contender {
                     tls: self.tls,
                     needs_token: false,
                     tcp_mode_selector: false,
+                    sends_bearer: false,
                 })
             }
             Kind::Websockify => {
@@ -428,6 +483,7 @@ impl Contender {
                     tls: false,
                     needs_token: false,
                     tcp_mode_selector: true,
+                    sends_bearer: false,
                 })
             }
             Kind::PythonRelay => {
@@ -449,6 +505,7 @@ impl Contender {
                     tls: false,
                     needs_token: true,
                     tcp_mode_selector: false,
+                    sends_bearer: false,
                 })
             }
         }
@@ -463,6 +520,7 @@ fn nginx_config(
     upstream: SocketAddr,
     tuned: bool,
     tls: Option<&Setup>,
+    upstream_tls: Option<&Setup>,
     max_sessions: usize,
 ) -> String {
     let d = dir.display();
@@ -478,6 +536,26 @@ fn nginx_config(
         "proxy_buffer_size 64k;\n            proxy_buffers 8 64k;\n            proxy_busy_buffers_size 128k;"
     } else {
         "# nginx defaults: proxy_buffer_size 4k (one page), proxy_buffers 8 4k"
+    };
+    // The production path: HTTPS to the API server with the service account's token, the
+    // upstream certificate verified against the cluster CA, TLS sessions reused.
+    let (up_scheme, upstream_lines) = match upstream_tls {
+        Some(s) => {
+            let token = std::fs::read_to_string(&s.kube_token_file).unwrap_or_default();
+            (
+                "https",
+                format!(
+                    "proxy_set_header Authorization \"Bearer {}\";
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {};
+            proxy_ssl_name localhost;
+            proxy_ssl_session_reuse on;",
+                    token.trim(),
+                    s.ca_file.display()
+                ),
+            )
+        }
+        None => ("http", String::new()),
     };
     // Every proxied session holds two connections, and nginx counts a little more than two per
     // upgraded session (it ran out at 9,334 sessions with 19,900): give it all the open-files limit allows.
@@ -507,7 +585,8 @@ http {{
     server {{
         {listen}
         location / {{
-            proxy_pass http://{upstream};
+            proxy_pass {up_scheme}://{upstream};
+            {upstream_lines}
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;

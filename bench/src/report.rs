@@ -134,6 +134,7 @@ impl Results {
         for (lab, nginx) in [
             ("labgate", "nginx-tuned"),
             ("labgate-tls", "nginx-tuned-tls"),
+            ("labgate-prod", "nginx-prod"),
         ] {
             ratio_check(
                 format!("{lab}: throughput 1 session ≥ {nginx}"),
@@ -192,6 +193,17 @@ impl Results {
             false,
             &|x| x >= 1.0,
         );
+        // Issue 12, the production path (wss → proxy → HTTPS API server).
+        for (metric, what) in [("hs_cpu", "in bursts"), ("hs_seq_cpu", "sequential")] {
+            ratio_check(
+                format!("labgate-prod: proxy CPU per session ({what}) ≤ 0.7× nginx-prod"),
+                "labgate-prod",
+                "nginx-prod",
+                metric,
+                false,
+                &|x| x <= 0.7,
+            );
+        }
         for other in ["websockify", "python-relay"] {
             ratio_check(
                 format!("labgate: RTT p99 ≥ 4× better than {other}"),
@@ -202,6 +214,19 @@ impl Results {
                 &|x| x >= 4.0,
             );
         }
+        let (lab, direct) = (
+            self.value("labgate-prod", "first_byte_p50"),
+            self.value("direct-prod", "first_byte_p50"),
+        );
+        checks.push(TargetCheck {
+            target: "labgate-prod: time to first screen byte (p50) within 1 ms of direct-prod \
+                     (ratio column: the difference in µs)"
+                .into(),
+            labgate: lab,
+            reference: direct,
+            ratio: lab.zip(direct).map(|(l, d)| l - d),
+            met: lab.zip(direct).map(|(l, d)| l - d <= 1000.0),
+        });
         let idle = self.value("labgate", "idle_kib");
         checks.push(TargetCheck {
             target: "labgate: ≤ 8 KiB proxy memory per idle session".into(),
@@ -294,10 +319,12 @@ impl Results {
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in self.ran() {
-            let nginx = if c.tls {
-                "nginx-tuned-tls"
+            let (nginx, direct) = if c.name.ends_with("-prod") {
+                ("nginx-prod", "direct-prod")
+            } else if c.tls {
+                ("nginx-tuned-tls", "direct")
             } else {
-                "nginx-tuned"
+                ("nginx-tuned", "direct")
             };
             let r = |metric: &str, reference: &str| match (
                 self.value(&c.name, metric),
@@ -310,8 +337,8 @@ impl Results {
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.name,
-                r("thr_one", "direct"),
-                r("thr_many", "direct"),
+                r("thr_one", direct),
+                r("thr_many", direct),
                 r("thr_one", nginx),
                 r("thr_many", nginx),
                 r("cpu_one", nginx),

@@ -93,6 +93,15 @@ impl ReloadingCert {
         .with_no_client_auth()
         .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Browsers reconnecting (a viewer's reconnect, a second tab) resume with a
+        // stateless ticket instead of a full handshake: no server-side cache to
+        // outgrow (rustls keeps 256 sessions by default), and one ticket per
+        // handshake rather than two, as Go's crypto/tls does. Without a ticketer
+        // (no randomness) the stateful cache stays.
+        if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+            config.ticketer = ticketer;
+            config.send_tls13_tickets = 1;
+        }
         Arc::new(config)
     }
 }
@@ -142,4 +151,83 @@ pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Certified
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(TlsError::Mismatch)?;
     Ok(certified)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use labgate_tests::certs::TestCa;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConnection};
+
+    use super::ReloadingCert;
+
+    /// Moves TLS records between the two ends until neither has anything to send
+    /// (so the server's session tickets reach the client too).
+    fn exchange(client: &mut ClientConnection, server: &mut ServerConnection) {
+        loop {
+            let mut moved = false;
+            let mut to_server = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut to_server).unwrap();
+            }
+            let mut to_client = Vec::new();
+            let mut input = &to_server[..];
+            while !input.is_empty() {
+                moved = true;
+                server.read_tls(&mut input).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            while server.wants_write() {
+                server.write_tls(&mut to_client).unwrap();
+            }
+            let mut input = &to_client[..];
+            while !input.is_empty() {
+                moved = true;
+                client.read_tls(&mut input).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn clients_resume_even_after_many_others_connected() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = TestCa::new();
+        let dir = std::env::temp_dir().join(format!("labgate-tls-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = ca.write_leaf(&dir, &["gateway.test"]);
+        let server_config = ReloadingCert::load(&cert, &key).unwrap().server_config();
+        let mut roots = RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca.ca_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client_config = || {
+            Arc::new(
+                ClientConfig::builder()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth(),
+            )
+        };
+        let name = ServerName::try_from("gateway.test").unwrap();
+        let connect = |config: &Arc<ClientConfig>| {
+            let mut client = ClientConnection::new(config.clone(), name.clone()).unwrap();
+            let mut server = ServerConnection::new(server_config.clone()).unwrap();
+            exchange(&mut client, &mut server);
+            assert!(!client.is_handshaking());
+            client.handshake_kind()
+        };
+        let first = client_config();
+        assert_eq!(connect(&first), Some(HandshakeKind::Full));
+        // More clients than a stateful session cache holds (rustls keeps 256).
+        for _ in 0..300 {
+            connect(&client_config());
+        }
+        assert_eq!(connect(&first), Some(HandshakeKind::Resumed));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -681,3 +681,28 @@ async fn two_different_credentials_are_refused() {
         .unwrap();
     assert_eq!(status, 426, "the same token twice: {body}");
 }
+
+/// The API server (Go's crypto/tls) hands out session tickets; the gateway must keep them
+/// and resume, or every screen costs the API server a full TLS handshake (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_sessions_are_resumed() {
+    let env = start(Options::default()).await.unwrap();
+    let token = env.token(ALICE);
+    let mut ws = env.open("lab-alice", "vm1", "vnc", &token).await;
+    rfb_handshake(&mut ws).await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let (full_before, resumed_before) = env.standin.tls_handshakes();
+    for _ in 0..3 {
+        let mut ws = env.open("lab-alice", "vm1", "vnc", &token).await;
+        rfb_handshake(&mut ws).await;
+        ws.close(None).await.unwrap();
+    }
+    let (full, resumed) = env.standin.tls_handshakes();
+    assert!(
+        resumed - resumed_before >= 3,
+        "upstream TLS handshakes for three sessions: {} full, {} resumed",
+        full - full_before,
+        resumed - resumed_before
+    );
+}

@@ -44,6 +44,15 @@ struct Args {
     /// PID of the proxy whose process tree's CPU and memory are read from /proc.
     #[arg(long)]
     proxy_pid: Option<u32>,
+    /// Send `Authorization: Bearer <file contents>` (direct connections to the API-server stand-in).
+    #[arg(long)]
+    bearer_token_file: Option<std::path::PathBuf>,
+    /// PID of the upstream, whose CPU per handshake is reported next to the proxy's.
+    #[arg(long)]
+    upstream_pid: Option<u32>,
+    /// The upstream's `--stats-file` (full and resumed TLS handshakes).
+    #[arg(long)]
+    upstream_stats_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -76,6 +85,14 @@ enum Scenario {
     Handshake {
         #[arg(long)]
         concurrency: usize,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+    },
+    /// Sequential sessions to a screen: time from starting the TCP connect to the first
+    /// checked byte of the upstream's stream (time to first screen byte).
+    FirstByte {
         #[arg(long)]
         seconds: f64,
         #[arg(long, default_value_t = 0.5)]
@@ -153,6 +170,15 @@ async fn main() -> anyhow::Result<()> {
         tcp_mode_selector: args.tcp_mode_selector,
         minter,
         config: WebSocketConfig::default().read_buffer_size(read_buffer),
+        authorization: match &args.bearer_token_file {
+            Some(path) => Some(format!(
+                "Bearer {}",
+                std::fs::read_to_string(path)
+                    .context("read bearer token file")?
+                    .trim()
+            )),
+            None => None,
+        },
         next_vmi: Default::default(),
     });
     // Fail early and clearly if the URL cannot be built.
@@ -185,7 +211,24 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             seconds,
             warmup,
-        } => handshake(target, args.proxy_pid, concurrency, seconds, warmup).await,
+        } => {
+            let upstream = UpstreamProbe {
+                pid: args.upstream_pid,
+                stats_file: args.upstream_stats_file.clone(),
+            };
+            handshake(
+                target,
+                args.proxy_pid,
+                upstream,
+                concurrency,
+                seconds,
+                warmup,
+            )
+            .await
+        }
+        Scenario::FirstByte { seconds, warmup } => {
+            first_byte(target, args.proxy_pid, seconds, warmup).await
+        }
         Scenario::Idle {
             sessions,
             settle,
@@ -427,9 +470,28 @@ async fn rtt(
     })
 }
 
+/// Where to read the upstream's side of a handshake: its CPU time and its TLS handshake counts.
+struct UpstreamProbe {
+    pid: Option<u32>,
+    stats_file: Option<std::path::PathBuf>,
+}
+
+impl UpstreamProbe {
+    /// (CPU seconds, full TLS handshakes, resumed TLS handshakes) so far.
+    fn sample(&self) -> (Option<f64>, Option<(u64, u64)>) {
+        let cpu = self.pid.map(|p| sample_tree(p).cpu_seconds);
+        let counts = self.stats_file.as_ref().and_then(|f| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(f).ok()?).ok()?;
+            Some((v["full"].as_u64()?, v["resumed"].as_u64()?))
+        });
+        (cpu, counts)
+    }
+}
+
 async fn handshake(
     target: Arc<Target>,
     pid: Option<u32>,
+    upstream: UpstreamProbe,
     concurrency: usize,
     seconds: f64,
     warmup: f64,
@@ -475,9 +537,9 @@ async fn handshake(
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let s0 = sample_proxy(pid);
+    let (s0, u0) = (sample_proxy(pid), upstream.sample());
     tokio::time::sleep_until(end.into()).await;
-    let s1 = sample_proxy(pid);
+    let (s1, u1) = (sample_proxy(pid), upstream.sample());
     let mut all = Vec::new();
     for worker in workers {
         if let Ok(l) = worker.await {
@@ -500,6 +562,75 @@ async fn handshake(
         "close_timeouts": close_timeouts.load(Ordering::Relaxed),
         "proxy_cpu_seconds": cpu,
         "proxy_cpu_us_per_handshake": cpu.filter(|_| !all.is_empty()).map(|c| c * 1e6 / all.len() as f64),
+        "upstream_cpu_us_per_handshake": u0.0.zip(u1.0).filter(|_| !all.is_empty())
+            .map(|(a, b)| (b - a) * 1e6 / all.len() as f64),
+        // The stats file is rewritten every 50 ms, so these counts are approximate.
+        "upstream_tls_full": u0.1.zip(u1.1).map(|(a, b)| b.0 - a.0),
+        "upstream_tls_resumed": u0.1.zip(u1.1).map(|(a, b)| b.1 - a.1),
+    })
+}
+
+/// One session after another: connect (TCP, TLS, websocket, token) to a screen and wait for
+/// the first message of its stream, which must start the pattern.
+async fn first_byte(target: Arc<Target>, pid: Option<u32>, seconds: f64, warmup: f64) -> Value {
+    let errors = Errors::default();
+    let pattern = Pattern::new(64 * 1024);
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(seconds);
+    let mut latencies_us = Vec::new();
+    let mut s0 = None;
+    while Instant::now() < end {
+        if s0.is_none() && Instant::now() >= measure_from {
+            s0 = sample_proxy(pid);
+        }
+        let began = Instant::now();
+        let attempt = async {
+            let mut ws = target.connect(Mode::Stream).await?;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(data))) if !data.is_empty() => {
+                        if !pattern.matches(0, &data) {
+                            bail!("first screen bytes differ from the stream's start");
+                        }
+                        return anyhow::Ok((Instant::now(), ws));
+                    }
+                    Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(other)) => bail!("unexpected message before the screen: {other:?}"),
+                    Some(Err(e)) => bail!("read failed: {e}"),
+                    None => bail!("connection ended before the first screen byte"),
+                }
+            }
+        };
+        match timeout(STEP_TIMEOUT, attempt).await {
+            Ok(Ok((done, ws))) => {
+                if began >= measure_from {
+                    latencies_us.push((done - began).as_micros() as u64);
+                }
+                // Dropping a streaming session is cheaper for the load core than a polite close.
+                drop(ws);
+            }
+            Ok(Err(e)) => errors.record(e),
+            Err(_) => errors.record("connect and first screen byte timed out"),
+        }
+    }
+    let s1 = sample_proxy(pid);
+    latencies_us.sort_unstable();
+    let n = latencies_us.len();
+    let mean = latencies_us.iter().sum::<u64>() as f64 / n.max(1) as f64;
+    let cpu = cpu_delta(s0, s1);
+    json!({
+        "scenario": "first-byte",
+        "seconds": seconds,
+        "ok": errors.count() == 0 && n > 0,
+        "errors": errors.count(),
+        "error_samples": errors.json(),
+        "sessions": n,
+        "mean_us": mean,
+        "p50_us": percentile(&latencies_us, 50.0),
+        "p90_us": percentile(&latencies_us, 90.0),
+        "p99_us": percentile(&latencies_us, 99.0),
+        "proxy_cpu_us_per_session": cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64),
     })
 }
 

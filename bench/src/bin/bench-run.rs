@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use labgate_bench::contender::{
-    Contender, Kind, LOAD_CORE, Running, Setup, pinned, roster, start_upstream,
+    Contender, Kind, LOAD_CORE, Running, Setup, pinned, roster, start_upstream, upstream_stats_file,
 };
 use labgate_bench::plan::{Plan, Scenario};
 use labgate_bench::procfs::open_files_hard_limit;
@@ -241,8 +241,9 @@ fn run_contender(
     c: &Contender,
     repeat: usize,
 ) -> anyhow::Result<Vec<RunRecord>> {
-    let (upstream, addrs) = start_upstream(setup)?;
+    let (upstream, addrs) = start_upstream(setup, c.upstream_tls)?;
     let running = c.start(setup, addrs)?;
+    let upstream_pid = c.upstream_tls.then_some(upstream.pid);
     let mut records = Vec::new();
     for scenario in &plan.scenarios {
         let mut extra = Vec::new();
@@ -254,7 +255,7 @@ fn run_contender(
             };
             extra = vec!["--sessions".to_string(), n.to_string()];
         }
-        let result = run_load(setup, &running, scenario, &extra)?;
+        let result = run_load(setup, &running, upstream_pid, scenario, &extra)?;
         records.push(RunRecord {
             contender: c.name.into(),
             repeat,
@@ -273,10 +274,11 @@ fn run_contender(
 fn run_load(
     setup: &Setup,
     running: &Running,
+    upstream_pid: Option<u32>,
     scenario: &Scenario,
     extra: &[String],
 ) -> anyhow::Result<Value> {
-    let output = load_command(setup, running, scenario, extra)
+    let output = load_command(setup, running, upstream_pid, scenario, extra)
         .stderr(Stdio::inherit())
         .output()
         .context("run bench-load")?;
@@ -294,6 +296,7 @@ fn run_load(
 fn load_command(
     setup: &Setup,
     running: &Running,
+    upstream_pid: Option<u32>,
     scenario: &Scenario,
     extra: &[String],
 ) -> Command {
@@ -310,6 +313,15 @@ fn load_command(
     }
     if let Some(pid) = running.pid() {
         cmd.arg("--proxy-pid").arg(pid.to_string());
+    }
+    if running.sends_bearer {
+        cmd.arg("--bearer-token-file").arg(&setup.kube_token_file);
+    }
+    // The HTTPS stand-in's side of each handshake: its CPU and full vs resumed TLS sessions.
+    if let Some(pid) = upstream_pid {
+        cmd.arg("--upstream-pid").arg(pid.to_string());
+        cmd.arg("--upstream-stats-file")
+            .arg(upstream_stats_file(setup));
     }
     cmd.arg(scenario.load_command)
         .args(&scenario.load_args)
@@ -341,7 +353,7 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
     if let Some(why) = c.unavailable(setup) {
         anyhow::bail!("labgate unavailable: {why}");
     }
-    let (upstream, addrs) = start_upstream(setup)?;
+    let (upstream, addrs) = start_upstream(setup, c.upstream_tls)?;
     let running = c.start(setup, addrs)?;
     let pid = running.pid().context("labgate has no pid")?;
     let record_secs = if plan.smoke { 1 } else { 4 };
@@ -361,7 +373,7 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
         .map(|s| s.to_string())
         .collect(),
     };
-    let load = load_command(setup, &running, &scenario, &[])
+    let load = load_command(setup, &running, None, &scenario, &[])
         .stdout(Stdio::piped())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(1200));

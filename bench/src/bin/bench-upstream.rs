@@ -1,15 +1,25 @@
 //! The benchmark's stand-in for KubeVirt: serves the `vnc`/`console` subresource paths as
 //! websockets (stream or echo mode, picked by the VMI name) and the same two modes over plain
 //! TCP for websockify (the first byte picks the mode). Prints its addresses as one JSON line.
+//!
+//! With `--tls-cert-file` it plays the API server of the production path instead: the websocket
+//! listener speaks TLS and issues session tickets the way a Go API server does (`crypto/tls`
+//! sends one stateless TLS 1.3 ticket after every handshake), and with `--bearer-token-file`
+//! it refuses upgrades without the service account's bearer token (401, like the API server).
+//! `--stats-file` gets the count of full and resumed TLS handshakes, rewritten every 50 ms.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use labgate_bench::pattern::Pattern;
 use labgate_bench::upstream_path::{Mode, mode_for_path};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::HandshakeKind;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -30,6 +40,54 @@ struct Args {
     /// Size of each message (websocket) or write (TCP) in stream mode.
     #[arg(long, default_value_t = 64 * 1024)]
     stream_message_bytes: usize,
+    /// Serve the websocket listener over TLS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long)]
+    tls_key_file: Option<PathBuf>,
+    /// Refuse websocket upgrades (401) unless `Authorization: Bearer <this file's contents>`.
+    #[arg(long)]
+    bearer_token_file: Option<PathBuf>,
+    /// Where to keep `{"full": N, "resumed": M}`, the TLS handshakes so far.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+}
+
+/// Full and resumed TLS handshakes on the websocket listener.
+#[derive(Default)]
+struct HandshakeCounts {
+    full: AtomicU64,
+    resumed: AtomicU64,
+}
+
+impl HandshakeCounts {
+    fn json(&self) -> String {
+        serde_json::json!({
+            "full": self.full.load(Ordering::Relaxed),
+            "resumed": self.resumed.load(Ordering::Relaxed),
+        })
+        .to_string()
+    }
+}
+
+/// A TLS acceptor configured like a Go API server's: TLS 1.3 and 1.2, stateless tickets
+/// (one per handshake in TLS 1.3), no server-side session cache.
+fn go_like_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let chain = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .context("certificate PEM")?;
+    let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())
+        .context("key PEM")?
+        .context("no private key in the key file")?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.send_tls13_tickets = 1;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -51,11 +109,56 @@ async fn main() -> anyhow::Result<()> {
     let pattern = Pattern::new(args.stream_message_bytes);
     let size = args.stream_message_bytes;
     let ws_pattern = pattern.clone();
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(go_like_acceptor(cert, key)?),
+        _ => None,
+    };
+    let bearer: Option<Arc<str>> = match &args.bearer_token_file {
+        Some(path) => Some(format!("Bearer {}", std::fs::read_to_string(path)?.trim()).into()),
+        None => None,
+    };
+    let counts = Arc::new(HandshakeCounts::default());
+    if let Some(path) = args.stats_file.clone() {
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            // Written aside and renamed, so a reader never sees a half-written file.
+            let partial = path.with_extension("partial");
+            loop {
+                if tokio::fs::write(&partial, counts.json()).await.is_ok() {
+                    let _ = tokio::fs::rename(&partial, &path).await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
+    }
     tokio::spawn(async move {
         loop {
             match ws_listener.accept().await {
                 Ok((sock, _)) => {
-                    tokio::spawn(serve_websocket(sock, ws_pattern.clone(), size));
+                    let (pattern, bearer) = (ws_pattern.clone(), bearer.clone());
+                    match &tls {
+                        None => {
+                            let _ = sock.set_nodelay(true);
+                            tokio::spawn(serve_websocket(sock, pattern, size, bearer));
+                        }
+                        Some(tls) => {
+                            let (tls, counts) = (tls.clone(), counts.clone());
+                            tokio::spawn(async move {
+                                let _ = sock.set_nodelay(true);
+                                let Ok(stream) = tls.accept(sock).await else {
+                                    return;
+                                };
+                                let kind = stream.get_ref().1.handshake_kind();
+                                let counter = if kind == Some(HandshakeKind::Resumed) {
+                                    &counts.resumed
+                                } else {
+                                    &counts.full
+                                };
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                serve_websocket(stream, pattern, size, bearer).await;
+                            });
+                        }
+                    }
                 }
                 Err(e) => accept_error(e).await,
             }
@@ -77,12 +180,22 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-async fn serve_websocket(sock: TcpStream, pattern: Pattern, size: usize) {
-    let _ = sock.set_nodelay(true);
+async fn serve_websocket<S>(sock: S, pattern: Pattern, size: usize, bearer: Option<Arc<str>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut mode = None;
     // The callback's signature is tungstenite's; its large error type is not ours to box.
     #[allow(clippy::result_large_err)]
     let answer = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if let Some(expected) = &bearer {
+            let given = req.headers().get(header::AUTHORIZATION);
+            if given.is_none_or(|v| v.as_bytes() != expected.as_bytes()) {
+                let mut refusal = ErrorResponse::new(Some("Unauthorized".into()));
+                *refusal.status_mut() = StatusCode::UNAUTHORIZED;
+                return Err(refusal);
+            }
+        }
         mode = mode_for_path(&req.uri().to_string());
         if mode.is_none() {
             let mut refusal = ErrorResponse::new(Some("no such virtual machine instance".into()));

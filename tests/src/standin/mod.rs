@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,6 +127,8 @@ impl Query {
 
 /// State shared by the handle and every connection task.
 pub(crate) struct Shared {
+    /// TLS handshakes accepted: (full, resumed).
+    tls_handshakes: (AtomicU64, AtomicU64),
     store: Mutex<Store>,
     tokens: Mutex<HashMap<String, UserInfo>>,
     subresource_users: Mutex<HashSet<String>>,
@@ -182,11 +185,18 @@ impl StandIn {
     pub async fn start() -> anyhow::Result<StandIn> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca = TestCa::new();
-        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config(&[])?));
+        // Like a Go API server (crypto/tls defaults): stateless session tickets, one sent
+        // after every TLS 1.3 handshake, and no server-side session cache.
+        let mut server_config = ca.server_config(&[])?;
+        server_config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        server_config.send_tls13_tickets = 1;
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
         let gateway_token = random_token();
         let shared = Arc::new(Shared {
+            tls_handshakes: Default::default(),
             store: Mutex::new(Store::new()),
             tokens: Mutex::new(HashMap::from([(
                 gateway_token.clone(),
@@ -553,6 +563,15 @@ impl StandIn {
             .clone()
     }
 
+    /// TLS handshakes accepted so far: (full, resumed from a session ticket).
+    pub fn tls_handshakes(&self) -> (u64, u64) {
+        let (full, resumed) = &self.inner.shared.tls_handshakes;
+        (
+            full.load(Ordering::Relaxed),
+            resumed.load(Ordering::Relaxed),
+        )
+    }
+
     /// The requests to `subresources.kubevirt.io`.
     pub fn subresource_requests(&self) -> Vec<RecordedRequest> {
         self.requests()
@@ -662,6 +681,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: tokio_rust
             let Ok(Ok(stream)) = handshake.await else {
                 return;
             };
+            let resumed =
+                stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let (full, resumptions) = &shared.tls_handshakes;
+            if resumed { resumptions } else { full }.fetch_add(1, Ordering::Relaxed);
             let service_shared = shared.clone();
             let service = service_fn(move |req| handle(service_shared.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
