@@ -78,7 +78,9 @@ pub fn review(data: &[u8]) {
         Ok((json, verdict)) => {
             let sent: serde_json::Value =
                 serde_json::from_slice(data).expect("an answered body is JSON");
-            let uid = sent["request"]["uid"].as_str().expect("an answered request has a uid");
+            let uid = sent["request"]["uid"]
+                .as_str()
+                .expect("an answered request has a uid");
             assert!(!uid.is_empty());
             let answer: AdmissionReview<DynamicObject> =
                 serde_json::from_slice(&json).expect("the answer decodes as an AdmissionReview");
@@ -93,9 +95,14 @@ pub fn review(data: &[u8]) {
             } else {
                 assert_eq!(verdict, "denied");
                 assert_eq!(response.result.code, 403);
-                assert!(!response.result.message.is_empty(), "a denial without a message");
                 assert!(
-                    response.audit_annotations.contains_key(crate::decide::DENIED_RULE_ANNOTATION),
+                    !response.result.message.is_empty(),
+                    "a denial without a message"
+                );
+                assert!(
+                    response
+                        .audit_annotations
+                        .contains_key(crate::decide::DENIED_RULE_ANNOTATION),
                     "a denial without its rule"
                 );
             }

@@ -200,7 +200,9 @@ fn index_metrics() -> Arc<Metrics> {
 /// object goes through the index the way the watch loops feed it.
 pub fn index_events(data: &[u8]) {
     use kube::api::{DynamicObject, WatchEvent};
-    if let Ok(event) = serde_json::from_slice::<WatchEvent<k8s_openapi::api::core::v1::Namespace>>(data) {
+    if let Ok(event) =
+        serde_json::from_slice::<WatchEvent<k8s_openapi::api::core::v1::Namespace>>(data)
+    {
         match event {
             WatchEvent::Added(ns) | WatchEvent::Modified(ns) => namespace_seen(&ns, false),
             WatchEvent::Deleted(ns) => namespace_seen(&ns, true),
@@ -230,7 +232,10 @@ fn namespace_seen(ns: &k8s_openapi::api::core::v1::Namespace, deleted: bool) {
     if let Some(LabEntry::Lab(lab)) = &entry {
         let labels = ns.metadata.labels.as_ref().expect("a lab has labels");
         assert_eq!(lab.namespace, name);
-        assert!(ns.metadata.deletion_timestamp.is_none(), "a deleting namespace is a lab");
+        assert!(
+            ns.metadata.deletion_timestamp.is_none(),
+            "a deleting namespace is a lab"
+        );
         assert_eq!(labels.get(LAB_LABEL).map(String::as_str), Some("true"));
         assert!(!lab.owner.is_empty(), "a lab without owner");
         assert_eq!(lab.owner.trim(), lab.owner, "an owner id with outer blanks");
@@ -239,13 +244,22 @@ fn namespace_seen(ns: &k8s_openapi::api::core::v1::Namespace, deleted: bool) {
             Some(&owner_hash(&lab.owner)),
             "owner and hash label disagree"
         );
-        assert!(!is_system_namespace(name), "a system namespace became a lab");
-        assert!(lab.members.iter().all(|m| !m.is_empty()), "an empty member id");
+        assert!(
+            !is_system_namespace(name),
+            "a system namespace became a lab"
+        );
+        assert!(
+            lab.members.iter().all(|m| !m.is_empty()),
+            "an empty member id"
+        );
         assert!(lab.admits(&lab.owner));
         assert!(!lab.admits(""), "the empty user is admitted");
         // What a portal writes for this lab reads back as the same lab.
         let (labels, annotations) = lab.metadata();
-        assert_eq!(Lab::from_metadata(name, &labels, &annotations).as_ref(), Ok(lab));
+        assert_eq!(
+            Lab::from_metadata(name, &labels, &annotations).as_ref(),
+            Ok(lab)
+        );
     }
     let index = LabIndex::with_policy(
         index_metrics(),
@@ -265,7 +279,11 @@ fn namespace_seen(ns: &k8s_openapi::api::core::v1::Namespace, deleted: bool) {
     if deleted || index.is_exempt(name) {
         assert!(kept.is_none(), "{name} indexed although deleted or exempt");
     } else {
-        assert_eq!(kept.as_deref(), entry.as_ref(), "the index changed the entry");
+        assert_eq!(
+            kept.as_deref(),
+            entry.as_ref(),
+            "the index changed the entry"
+        );
     }
     assert!(index.lab_namespaces().iter().all(|n| n == name));
 }
@@ -294,11 +312,17 @@ fn vm_seen(object: &kube::api::DynamicObject, deleted: bool) {
     let index = VmIndex::new(labs, VmIndexLimits::default(), index_metrics());
     let vm = Observed::from_object(Source::Vm, &object.data);
     let vmi = Observed::from_object(Source::Vmi, &object.data);
-    assert!(vm.phase.is_none() && vmi.phase.is_some(), "a phase for the wrong kind");
+    assert!(
+        vm.phase.is_none() && vmi.phase.is_some(),
+        "a phase for the wrong kind"
+    );
     index.apply(Source::Vm, ns, name, Some(vm));
     match index.get(ns, name) {
         Some(s) if ns == FUZZ_LAB => {
-            assert_eq!((s.phase, s.screen, s.console), (crate::vm_index::VmPhase::Stopped, vm.screen, vm.console));
+            assert_eq!(
+                (s.phase, s.screen, s.console),
+                (crate::vm_index::VmPhase::Stopped, vm.screen, vm.console)
+            );
         }
         None if ns != FUZZ_LAB => {}
         other => panic!("VM {ns}/{name} indexed as {other:?}"),
