@@ -61,6 +61,16 @@ fn state() -> &'static WebhookState {
     })
 }
 
+#[derive(serde::Deserialize)]
+struct Sent {
+    request: SentRequest,
+}
+
+#[derive(serde::Deserialize)]
+struct SentRequest {
+    uid: String,
+}
+
 /// AdmissionReview decoding and the decision. Whatever the body, the answer
 /// is a 400 with a reason and a message, or a well-formed AdmissionReview
 /// response echoing the request's uid: allowed, or denied with code 403, a
@@ -76,11 +86,11 @@ pub fn review(data: &[u8]) {
             assert!(!message.is_empty(), "a 400 without a message");
         }
         Ok((json, verdict)) => {
-            let sent: serde_json::Value =
-                serde_json::from_slice(data).expect("an answered body is JSON");
-            let uid = sent["request"]["uid"]
-                .as_str()
-                .expect("an answered request has a uid");
+            // The uid as sent, read the way the service reads the body: fields
+            // it ignores may hold anything (even bytes that are not UTF-8).
+            let sent: Sent =
+                serde_json::from_slice(data).expect("an answered body has a request uid");
+            let uid = sent.request.uid;
             assert!(!uid.is_empty());
             let answer: AdmissionReview<DynamicObject> =
                 serde_json::from_slice(&json).expect("the answer decodes as an AdmissionReview");
