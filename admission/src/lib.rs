@@ -15,12 +15,14 @@
 //! - [`watch_backoff`]: retry at once after a 410 or a lost watch, back off only on a run of errors.
 //! - [`certs`]: optional self-managed CA, leaf and caBundle.
 //! - [`metrics`]: Prometheus registry.
+//! - [`fuzzing`]: entry point of the fuzz target (`admission/fuzz/`) and of its corpus replay test.
 //! - [`run`] / [`start`]: wiring of the above.
 
 pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod decide;
+pub mod fuzzing;
 pub mod metrics;
 pub mod reconcile;
 pub mod tls;

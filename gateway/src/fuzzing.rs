@@ -183,3 +183,158 @@ fn relay(side: Side, max_message: u64, stream: &[u8], sizes: &[usize]) -> (Vec<u
     }
     (forwarded, data, Found::Nothing)
 }
+
+/// A namespace the fuzzing lab index exempts, as `--exempt-namespaces` would.
+pub const FUZZ_EXEMPT_NAMESPACE: &str = "labgate-system";
+/// The one lab the fuzzing VM index follows.
+pub const FUZZ_LAB: &str = "lab-1";
+
+fn index_metrics() -> Arc<Metrics> {
+    static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+    METRICS.get_or_init(|| Arc::new(Metrics::new())).clone()
+}
+
+/// The indexes' decoding of what list+watch delivers. Input: JSON bytes,
+/// decoded as the API server's answers would be: a namespace watch event, a
+/// namespace list item, and a VMI/VM watch event (both kinds). Each decoded
+/// object goes through the index the way the watch loops feed it.
+pub fn index_events(data: &[u8]) {
+    use kube::api::{DynamicObject, WatchEvent};
+    if let Ok(event) =
+        serde_json::from_slice::<WatchEvent<k8s_openapi::api::core::v1::Namespace>>(data)
+    {
+        match event {
+            WatchEvent::Added(ns) | WatchEvent::Modified(ns) => namespace_seen(&ns, false),
+            WatchEvent::Deleted(ns) => namespace_seen(&ns, true),
+            WatchEvent::Bookmark(_) | WatchEvent::Error(_) => {}
+        }
+    }
+    if let Ok(ns) = serde_json::from_slice::<k8s_openapi::api::core::v1::Namespace>(data) {
+        namespace_seen(&ns, false);
+    }
+    if let Ok(event) = serde_json::from_slice::<WatchEvent<DynamicObject>>(data) {
+        match event {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) => vm_seen(&o, false),
+            WatchEvent::Deleted(o) => vm_seen(&o, true),
+            WatchEvent::Bookmark(_) | WatchEvent::Error(_) => {}
+        }
+    }
+}
+
+/// Checks the lab contract on one namespace and feeds it to a fresh index
+/// as `namespace_watch` does (`entry_for`, then upsert or remove).
+fn namespace_seen(ns: &k8s_openapi::api::core::v1::Namespace, deleted: bool) {
+    use crate::index::{IndexPolicy, LabEntry, LabIndex, entry_for};
+    use labgate_policies::{LAB_LABEL, Lab, OWNER_HASH_LABEL, is_system_namespace, owner_hash};
+
+    let entry = entry_for(ns);
+    let name = ns.metadata.name.as_deref().unwrap_or_default();
+    if let Some(LabEntry::Lab(lab)) = &entry {
+        let labels = ns.metadata.labels.as_ref().expect("a lab has labels");
+        assert_eq!(lab.namespace, name);
+        assert!(
+            ns.metadata.deletion_timestamp.is_none(),
+            "a deleting namespace is a lab"
+        );
+        assert_eq!(labels.get(LAB_LABEL).map(String::as_str), Some("true"));
+        assert!(!lab.owner.is_empty(), "a lab without owner");
+        assert_eq!(lab.owner.trim(), lab.owner, "an owner id with outer blanks");
+        assert_eq!(
+            labels.get(OWNER_HASH_LABEL),
+            Some(&owner_hash(&lab.owner)),
+            "owner and hash label disagree"
+        );
+        assert!(
+            !is_system_namespace(name),
+            "a system namespace became a lab"
+        );
+        assert!(
+            lab.members.iter().all(|m| !m.is_empty()),
+            "an empty member id"
+        );
+        assert!(lab.admits(&lab.owner));
+        assert!(!lab.admits(""), "the empty user is admitted");
+        // What a portal writes for this lab reads back as the same lab.
+        let (labels, annotations) = lab.metadata();
+        assert_eq!(
+            Lab::from_metadata(name, &labels, &annotations).as_ref(),
+            Ok(lab)
+        );
+    }
+    let index = LabIndex::with_policy(
+        index_metrics(),
+        IndexPolicy {
+            exempt: [FUZZ_EXEMPT_NAMESPACE.to_string()].into(),
+            ..IndexPolicy::default()
+        },
+    );
+    if ns.metadata.name.is_none() {
+        return;
+    }
+    match (deleted, entry.clone()) {
+        (false, Some(entry)) => index.upsert(name, entry),
+        _ => index.remove(name),
+    }
+    let kept = index.get(name);
+    if deleted || index.is_exempt(name) {
+        assert!(kept.is_none(), "{name} indexed although deleted or exempt");
+    } else {
+        assert_eq!(
+            kept.as_deref(),
+            entry.as_ref(),
+            "the index changed the entry"
+        );
+    }
+    assert!(index.lab_namespaces().iter().all(|n| n == name));
+}
+
+/// Decodes one VMI/VM object as either kind and feeds it to a VM index that
+/// follows one lab ([`FUZZ_LAB`]), as `vm_watch` does.
+fn vm_seen(object: &kube::api::DynamicObject, deleted: bool) {
+    use crate::index::{LabEntry, LabIndex};
+    use crate::vm_index::{Observed, Source, VmIndex, VmIndexLimits};
+
+    let (Some(ns), Some(name)) = (
+        object.metadata.namespace.as_deref(),
+        object.metadata.name.as_deref(),
+    ) else {
+        return;
+    };
+    let labs = LabIndex::new(index_metrics());
+    labs.upsert(
+        FUZZ_LAB,
+        LabEntry::Lab(labgate_policies::Lab {
+            namespace: FUZZ_LAB.into(),
+            owner: "alice".into(),
+            members: vec![],
+        }),
+    );
+    let index = VmIndex::new(labs, VmIndexLimits::default(), index_metrics());
+    let vm = Observed::from_object(Source::Vm, &object.data);
+    let vmi = Observed::from_object(Source::Vmi, &object.data);
+    assert!(
+        vm.phase.is_none() && vmi.phase.is_some(),
+        "a phase for the wrong kind"
+    );
+    index.apply(Source::Vm, ns, name, Some(vm));
+    match index.get(ns, name) {
+        Some(s) if ns == FUZZ_LAB => {
+            assert_eq!(
+                (s.phase, s.screen, s.console),
+                (crate::vm_index::VmPhase::Stopped, vm.screen, vm.console)
+            );
+        }
+        None if ns != FUZZ_LAB => {}
+        other => panic!("VM {ns}/{name} indexed as {other:?}"),
+    }
+    index.apply(Source::Vmi, ns, name, Some(vmi));
+    if let Some(s) = index.get(ns, name) {
+        assert_eq!(Some(s.phase), vmi.phase, "a VMI's phase is the VM's");
+        assert_eq!((s.screen, s.console), (vmi.screen, vmi.console));
+    }
+    if deleted {
+        index.apply(Source::Vmi, ns, name, None);
+        index.apply(Source::Vm, ns, name, None);
+        assert!(index.get(ns, name).is_none(), "a deleted VM stays listed");
+    }
+}

@@ -37,3 +37,8 @@ fn jwt_corpus() {
 fn frames_corpus() {
     replay("frames", labgate_gateway::fuzzing::frames);
 }
+
+#[test]
+fn index_events_corpus() {
+    replay("index_events", labgate_gateway::fuzzing::index_events);
+}
