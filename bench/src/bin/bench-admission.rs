@@ -72,14 +72,19 @@ fn reviews() -> anyhow::Result<Vec<(&'static str, Bytes)>> {
     netpol["request"]["operation"] = json!("UPDATE");
     netpol["request"]["object"] = new;
     netpol["request"]["oldObject"] = old;
-    netpol["request"]["options"] =
-        json!({"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"});
+    netpol["request"]["options"] = json!({"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"});
     let ns = fixture("namespace-update-strip-lab-label.json")?;
     let vmi = fixture("vmi-create-in-lab-with-policy.json")?;
     Ok(vec![
         ("pod-create", Bytes::from(serde_json::to_vec(&pod)?)),
-        ("networkpolicy-update", Bytes::from(serde_json::to_vec(&netpol)?)),
-        ("namespace-label-change", Bytes::from(serde_json::to_vec(&ns)?)),
+        (
+            "networkpolicy-update",
+            Bytes::from(serde_json::to_vec(&netpol)?),
+        ),
+        (
+            "namespace-label-change",
+            Bytes::from(serde_json::to_vec(&ns)?),
+        ),
         ("vmi-create", Bytes::from(serde_json::to_vec(&vmi)?)),
     ])
 }
@@ -102,7 +107,12 @@ fn service_cpu_seconds() -> f64 {
         }
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // After `(comm)`: state is field 0, utime 11, stime 12.
-        let n = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let n = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         ticks += n(11) + n(12);
     }
     ticks as f64 / TICKS_PER_SECOND
@@ -179,11 +189,16 @@ async fn start(
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: std::net::SocketAddr, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Sender> {
+async fn connect(
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
-    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     Ok(sender)
@@ -266,7 +281,10 @@ fn micros(d: Duration) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.rate > 0 && args.connections > 0 && args.seconds > 0.0, "rate, connections and seconds must be positive");
+    anyhow::ensure!(
+        args.rate > 0 && args.connections > 0 && args.seconds > 0.0,
+        "rate, connections and seconds must be positive"
+    );
     let _ = rustls::crypto::ring::default_provider().install_default();
     let service_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.service_threads)
