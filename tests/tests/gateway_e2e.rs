@@ -698,9 +698,12 @@ async fn upstream_tls_sessions_are_resumed() {
         rfb_handshake(&mut ws).await;
         ws.close(None).await.unwrap();
     }
+    // A session may also ride a pooled connection kube opened earlier (no
+    // handshake at all), so count what matters: no new connection was a full
+    // handshake, and new ones did happen (so resumption was exercised).
     let (full, resumed) = env.standin.tls_handshakes();
     assert!(
-        resumed - resumed_before >= 3,
+        full == full_before && resumed > resumed_before,
         "upstream TLS handshakes for three sessions: {} full, {} resumed",
         full - full_before,
         resumed - resumed_before
