@@ -25,7 +25,9 @@ struct Fixture {
     ed: EncodingKey,
 }
 
-fn openssl_rsa(dir: &std::path::Path, name: &str) -> (EncodingKey, Vec<u8>) {
+/// An RSA key made by openssl: the private key, and the public PEM (also
+/// written to `{name}.pub` in `dir`).
+pub(super) fn openssl_rsa(dir: &std::path::Path, name: &str) -> (EncodingKey, Vec<u8>) {
     let key = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     let ok = std::process::Command::new("openssl")

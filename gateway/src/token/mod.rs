@@ -760,31 +760,7 @@ mod tests {
         let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         std::fs::write(dir.path().join("ec.pub"), ec.public_key_pem()).unwrap();
         std::fs::write(dir.path().join("ed.pub"), ed.public_key_pem()).unwrap();
-        let rsa_key = dir.path().join("rsa.pem");
-        let rsa_pub = dir.path().join("rsa.pub");
-        let ok = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-            ])
-            .arg(&rsa_key)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl is needed to make an RSA test key")
-            .success()
-            && std::process::Command::new("openssl")
-                .args(["pkey", "-pubout", "-in"])
-                .arg(&rsa_key)
-                .arg("-out")
-                .arg(&rsa_pub)
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "openssl failed");
+        let (rsa_private, rsa_pub_pem) = kid_tests::openssl_rsa(dir.path(), "rsa");
         let key = |kid: &str, file: &str| KeyFile {
             kid: Some(kid.into()),
             path: dir.path().join(file),
@@ -820,11 +796,7 @@ mod tests {
             "ed",
             EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
         );
-        let rsa_token = sign(
-            Algorithm::RS256,
-            "rsa",
-            EncodingKey::from_rsa_pem(&std::fs::read(&rsa_key).unwrap()).unwrap(),
-        );
+        let rsa_token = sign(Algorithm::RS256, "rsa", rsa_private);
         for t in [&ec_token, &ed_token, &rsa_token] {
             assert_eq!(v.verify(t).await.unwrap().sub, "alice");
         }
@@ -840,7 +812,7 @@ mod tests {
         let confused = encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(&std::fs::read(&rsa_pub).unwrap()),
+            &EncodingKey::from_secret(&rsa_pub_pem),
         )
         .unwrap();
         assert_eq!(v.verify(&confused).await, Err(TokenError::Invalid));
