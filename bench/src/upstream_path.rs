@@ -2,7 +2,8 @@
 //!
 //! The VMI name selects the behaviour, so every contender (including the prototype-style
 //! relay, which always dials `vnc`) reaches both: a VMI named `stream…` sends a framebuffer-like
-//! stream, one named `echo…` echoes like a serial console. Both `vnc` and `console` work.
+//! stream, one named `echo…` echoes like a serial console, one named `screen…` greets like a
+//! VNC server and then echoes. Both `vnc` and `console` work.
 //! The load generator numbers the VMIs (`stream-3`), one per session.
 
 /// What an upstream session does.
@@ -12,7 +13,13 @@ pub enum Mode {
     Stream,
     /// Echo every binary message back (like a serial console).
     Echo,
+    /// A VNC server's opening: the 12-byte RFB version greeting, then echo of whatever
+    /// arrives (the time-to-first-screen-byte scenario waits for the greeting).
+    Greet,
 }
+
+/// What a VNC server sends first (RFC 6143 §7.1.1), and [`Mode::Greet`] sends on connect.
+pub const RFB_GREETING: &[u8] = b"RFB 003.008\n";
 
 impl Mode {
     /// The VMI name prefix the load generator uses for this mode.
@@ -20,6 +27,7 @@ impl Mode {
         match self {
             Mode::Stream => "stream",
             Mode::Echo => "echo",
+            Mode::Greet => "screen",
         }
     }
 
@@ -28,6 +36,7 @@ impl Mode {
         match self {
             Mode::Stream => "vnc",
             Mode::Echo => "console",
+            Mode::Greet => "vnc",
         }
     }
 
@@ -36,6 +45,7 @@ impl Mode {
         match self {
             Mode::Stream => b'S',
             Mode::Echo => b'E',
+            Mode::Greet => b'G',
         }
     }
 
@@ -43,6 +53,7 @@ impl Mode {
         match b {
             b'S' => Some(Mode::Stream),
             b'E' => Some(Mode::Echo),
+            b'G' => Some(Mode::Greet),
             _ => None,
         }
     }
@@ -69,6 +80,8 @@ pub fn mode_for_path(path_and_query: &str) -> Option<Mode> {
                 Some(Mode::Stream)
             } else if vmi.starts_with("echo") {
                 Some(Mode::Echo)
+            } else if vmi.starts_with("screen") {
+                Some(Mode::Greet)
             } else {
                 None
             }
@@ -90,6 +103,10 @@ mod tests {
         };
         assert_eq!(mode_for_path(&p("stream", "vnc")), Some(Mode::Stream));
         assert_eq!(mode_for_path(&p("echo", "console")), Some(Mode::Echo));
+        assert_eq!(mode_for_path(&p("screen-3", "vnc")), Some(Mode::Greet));
+        for mode in [Mode::Stream, Mode::Echo, Mode::Greet] {
+            assert_eq!(Mode::from_tcp_selector(mode.tcp_selector()), Some(mode));
+        }
         assert_eq!(
             mode_for_path(&(p("echo", "vnc") + "?preserveSession=true")),
             Some(Mode::Echo)

@@ -16,7 +16,7 @@ use labgate_bench::pattern::Pattern;
 use labgate_bench::procfs::{TreeSample, sample_tree};
 use labgate_bench::stats::percentile;
 use labgate_bench::token::TokenMinter;
-use labgate_bench::upstream_path::Mode;
+use labgate_bench::upstream_path::{Mode, RFB_GREETING};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::time::{MissedTickBehavior, sleep, timeout};
@@ -574,7 +574,6 @@ async fn handshake(
 /// the first message of its stream, which must start the pattern.
 async fn first_byte(target: Arc<Target>, pid: Option<u32>, seconds: f64, warmup: f64) -> Value {
     let errors = Errors::default();
-    let pattern = Pattern::new(64 * 1024);
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(seconds);
@@ -585,17 +584,23 @@ async fn first_byte(target: Arc<Target>, pid: Option<u32>, seconds: f64, warmup:
             s0 = sample_proxy(pid);
         }
         let began = Instant::now();
+        // The upstream greets like a VNC server (12 bytes) and then waits, so nothing of
+        // one session is still in flight when the next one starts.
         let attempt = async {
-            let mut ws = target.connect(Mode::Stream).await?;
+            let mut ws = target.connect(Mode::Greet).await?;
+            let mut greeting = Vec::new();
             loop {
                 match ws.next().await {
-                    Some(Ok(Message::Binary(data))) if !data.is_empty() => {
-                        if !pattern.matches(0, &data) {
-                            bail!("first screen bytes differ from the stream's start");
+                    Some(Ok(Message::Binary(data))) => {
+                        greeting.extend_from_slice(&data);
+                        if !RFB_GREETING.starts_with(&greeting) {
+                            bail!("the first screen bytes are not the upstream's RFB greeting");
                         }
-                        return anyhow::Ok((Instant::now(), ws));
+                        if greeting.len() == RFB_GREETING.len() {
+                            return anyhow::Ok((Instant::now(), ws));
+                        }
                     }
-                    Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(other)) => bail!("unexpected message before the screen: {other:?}"),
                     Some(Err(e)) => bail!("read failed: {e}"),
                     None => bail!("connection ended before the first screen byte"),
@@ -607,7 +612,7 @@ async fn first_byte(target: Arc<Target>, pid: Option<u32>, seconds: f64, warmup:
                 if began >= measure_from {
                     latencies_us.push((done - began).as_micros() as u64);
                 }
-                // Dropping a streaming session is cheaper for the load core than a polite close.
+                // Dropping is what a closed browser tab does.
                 drop(ws);
             }
             Ok(Err(e)) => errors.record(e),

@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use labgate_bench::pattern::Pattern;
-use labgate_bench::upstream_path::{Mode, mode_for_path};
+use labgate_bench::upstream_path::{Mode, RFB_GREETING, mode_for_path};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -72,7 +73,9 @@ impl HandshakeCounts {
 }
 
 /// A TLS acceptor configured like a Go API server's: TLS 1.3 and 1.2, stateless tickets
-/// (one per handshake in TLS 1.3), no server-side session cache.
+/// (one per handshake in TLS 1.3), no server-side session cache, and the server's own
+/// cipher-suite order, AES-128-GCM first (Go has chosen the order itself since 1.17, and
+/// puts AES-128-GCM first where both ends have AES hardware, as every client here has).
 fn go_like_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chain = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice())
@@ -81,9 +84,13 @@ fn go_like_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustl
     let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())
         .context("key PEM")?
         .context("no private key in the key file")?;
-    let mut config = rustls::ServerConfig::builder()
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = labgate_bench::client::browser_order(provider.cipher_suites);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    config.ignore_client_order = true;
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     config.send_tls13_tickets = 1;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -250,8 +257,16 @@ where
                 _ = read_until_closed => {}
             }
         }
-        Some(Mode::Echo) => {
+        Some(mode @ (Mode::Echo | Mode::Greet)) => {
             let mut ws = ws;
+            if mode == Mode::Greet
+                && ws
+                    .send(Message::Binary(Bytes::from_static(RFB_GREETING)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
             while let Some(Ok(msg)) = ws.next().await {
                 match msg {
                     // KubeVirt's binaryReader ignores text messages; so does this upstream.
@@ -286,7 +301,10 @@ async fn serve_tcp(mut sock: TcpStream, pattern: Pattern, size: usize) {
                 offset += size as u64;
             }
         }
-        Some(Mode::Echo) => {
+        Some(mode @ (Mode::Echo | Mode::Greet)) => {
+            if mode == Mode::Greet && sock.write_all(RFB_GREETING).await.is_err() {
+                return;
+            }
             let (mut reader, mut writer) = sock.split();
             let _ = tokio::io::copy(&mut reader, &mut writer).await;
         }
