@@ -13,8 +13,15 @@ use tokio::net::TcpListener;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::preauth::PreAuthSlot;
+use crate::preauth::{PreAuth, PreAuthLimits, PreAuthSlot};
 use crate::server::Gateway;
+
+/// Connections the admin listener holds at once (probes and scrapes need a few).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Connections the admin listener holds at once from one address (IPv6: one /64).
+pub const ADMIN_MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
+/// Time an admin connection may take to send a request head, idle time included.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Gateway {
     /// Serves the gateway on `listener` (TLS when `tls` is given) until
@@ -161,21 +168,39 @@ impl Gateway {
     /// Serves only `/healthz`, `/readyz` and `/metrics` on a plain-HTTP
     /// listener until the task is dropped (kept up while draining, so probes
     /// see the gateway turn unready).
+    ///
+    /// Only probes and scrapers belong here, so the listener takes at most
+    /// [`ADMIN_MAX_CONNECTIONS`] connections, [`ADMIN_MAX_CONNECTIONS_PER_ADDRESS`]
+    /// from one address: a flood on this port cannot use up the descriptors
+    /// that sessions need, nor crowd out the kubelet's probes from another address.
     pub async fn serve_admin(&self, listener: TcpListener) {
+        let caps = PreAuth::new(
+            PreAuthLimits {
+                total: ADMIN_MAX_CONNECTIONS,
+                per_address: ADMIN_MAX_CONNECTIONS_PER_ADDRESS,
+            },
+            self.shared.metrics.admin_connections.clone(),
+            self.shared.metrics.admin_rejected.clone(),
+        );
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = caps.try_acquire(peer.ip()) else {
+                tracing::debug!(peer = %peer.ip(), "admin connection closed: too many open");
                 continue;
             };
             let gateway = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let gateway = gateway.clone();
                     async move { Ok::<_, Infallible>(gateway.handle_admin(req).await) }
                 });
                 let _ = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

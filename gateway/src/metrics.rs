@@ -43,6 +43,10 @@ pub struct Metrics {
     /// Connections closed at accept because a pre-authorisation cap was
     /// reached, by reason (total, per_address).
     pub preauth_rejected: IntCounterVec,
+    /// Connections open on the admin listener (probes, scrapes).
+    pub admin_connections: IntGauge,
+    /// Admin-listener connections closed at accept by its caps.
+    pub admin_rejected: IntCounterVec,
     /// VM names in the VM index.
     pub vm_index_vms: IntGauge,
     /// VMs left out of the VM index, by cap (per_lab, total).
@@ -176,6 +180,20 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let admin_connections = IntGauge::new(
+            "labgate_gateway_admin_connections",
+            "Connections open on the admin listener (/healthz, /readyz, /metrics).",
+        )
+        .expect("valid metric");
+        let admin_rejected = IntCounterVec::new(
+            Opts::new(
+                "labgate_gateway_admin_rejected_total",
+                "Admin-listener connections closed at accept because a cap was reached, by \
+                 reason: total, per_address.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
 
         let vm_index_vms = IntGauge::new(
             "labgate_gateway_vm_index_vms",
@@ -242,6 +260,8 @@ impl Metrics {
             Box::new(jwks_keys.clone()),
             Box::new(preauth_connections.clone()),
             Box::new(preauth_rejected.clone()),
+            Box::new(admin_connections.clone()),
+            Box::new(admin_rejected.clone()),
             Box::new(vm_index_vms.clone()),
             Box::new(vm_index_dropped.clone()),
             Box::new(vm_watch_restarts.clone()),
@@ -272,6 +292,7 @@ impl Metrics {
         }
         for reason in ["total", "per_address"] {
             preauth_rejected.with_label_values(&[reason]);
+            admin_rejected.with_label_values(&[reason]);
         }
         for cap in ["per_lab", "total"] {
             vm_index_dropped.with_label_values(&[cap]);
@@ -302,6 +323,8 @@ impl Metrics {
             jwks_keys,
             preauth_connections,
             preauth_rejected,
+            admin_connections,
+            admin_rejected,
             vm_index_vms,
             vm_index_dropped,
             vm_watch_restarts,

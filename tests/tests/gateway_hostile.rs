@@ -246,6 +246,131 @@ async fn a_flood_of_anonymous_connections_is_capped_per_address_and_in_total() {
     );
 }
 
+/// Opens `n` connections from `src` to `to` without sending anything;
+/// returns those still open a moment later and how many were closed at once.
+async fn flood_quietly(to: SocketAddr, src: &str, n: usize) -> (Vec<TcpStream>, usize) {
+    let mut opened = Vec::new();
+    for _ in 0..n {
+        opened.push(tcp_from(src, to).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut kept, mut closed) = (Vec::new(), 0);
+    for mut stream in opened {
+        if closed_within(&mut stream, Duration::from_millis(10)).await {
+            closed += 1;
+        } else {
+            kept.push(stream);
+        }
+    }
+    (kept, closed)
+}
+
+/// `GET path` on the plain admin listener from the loopback address `src`,
+/// with `Connection: close`; returns once the gateway has closed the
+/// connection, so it no longer counts against the caps.
+async fn admin_get(admin: SocketAddr, src: &str, path: &str) -> Option<(u16, String)> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(src.parse().unwrap(), 0))
+        .unwrap();
+    let tcp = socket.connect(admin).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "localhost")
+        .header("connection", "close")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.ok()?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    drop(sender);
+    let _ = conn.await;
+    // The gateway gives the slot back right after closing; let it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Probes and scrapes need a few connections: the admin listener holds at
+/// most 64, 16 from one address, so a flood on it can neither use up the
+/// descriptors sessions need nor lock the kubelet out from its own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_the_admin_listener_is_capped_and_other_addresses_are_still_answered() {
+    let admin = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let admin_any = SocketAddr::new("0.0.0.0".parse().unwrap(), admin.port());
+    let _env = start(Options {
+        wait_ready: false,
+        extra_args: args(&["--admin-listen", &admin_any.to_string()]),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while admin_get(admin, "127.0.0.9", "/readyz").await.map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "admin listener never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (flood_a, closed) = flood_quietly(admin, "127.0.0.1", 20).await;
+    assert_eq!(
+        (flood_a.len(), closed),
+        (16, 4),
+        "kept and closed from one address"
+    );
+    let (status, text) = admin_get(admin, "127.0.0.9", "/metrics").await.unwrap();
+    assert_eq!(status, 200, "a scrape from another address");
+    assert_eq!(
+        metric(
+            &text,
+            r#"labgate_gateway_admin_rejected_total{reason="per_address"}"#
+        ),
+        4.0
+    );
+    assert_eq!(metric(&text, "labgate_gateway_admin_connections"), 17.0);
+
+    // Three more addresses fill the total cap of 64; a fifth is refused.
+    let mut floods = vec![flood_a];
+    for src in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let (kept, closed) = flood_quietly(admin, src, 16).await;
+        assert_eq!(closed, 0, "{src} is under both caps");
+        floods.push(kept);
+    }
+    let (kept, closed) = flood_quietly(admin, "127.0.0.5", 3).await;
+    assert_eq!(
+        (kept.len(), closed),
+        (0, 3),
+        "the total cap let a 65th connection in"
+    );
+    assert!(
+        admin_get(admin, "127.0.0.6", "/healthz").await.is_none(),
+        "a probe over the total cap is closed unanswered"
+    );
+
+    // Slots free as the flood's connections end.
+    drop(floods);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        if let Some((200, text)) = admin_get(admin, "127.0.0.6", "/metrics").await {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the admin caps never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        metric(
+            &text,
+            r#"labgate_gateway_admin_rejected_total{reason="total"}"#
+        ) >= 2.0
+    );
+    // The public listener was never part of this.
+    assert_eq!(metric(&text, "labgate_gateway_preauth_connections"), 0.0);
+}
+
 /// A client that completes TLS and then sends nothing, and one that
 /// answers a refusal and then idles, are both cut off after the handshake
 /// timeout: neither holds a slot for ever.
