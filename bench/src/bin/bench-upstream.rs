@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use clap::Parser;
 use bytes::Bytes;
+use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use labgate_bench::pattern::Pattern;
 use labgate_bench::upstream_path::{Mode, RFB_GREETING, mode_for_path};
