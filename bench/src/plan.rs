@@ -210,41 +210,6 @@ pub struct Metric {
     pub higher_is_better: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(plan: &Plan) -> Vec<&'static str> {
-        plan.scenarios.iter().map(|s| s.id).collect()
-    }
-
-    #[test]
-    fn the_crowd_runs_only_by_name() {
-        let full = Plan::new(false, None, 20_000, &[], None).unwrap();
-        assert!(!full.runs("crowd"));
-        assert!(full.runs("idle") && full.runs("thr-one"));
-        let crowd = Plan::new(false, Some(1), 20_000, &["crowd".into()], None).unwrap();
-        assert_eq!(ids(&crowd), ["crowd"]);
-        assert_eq!(crowd.crowd_sessions, 9_990);
-        assert!(crowd.crowd_capped_by_open_files);
-        let both = Plan::new(true, None, 20_000, &["idle".into(), "crowd".into()], None).unwrap();
-        assert_eq!(ids(&both), ["idle", "crowd"]);
-        let err = Plan::new(false, None, 20_000, &["crowds".into()], None).unwrap_err();
-        assert!(err.to_string().contains("idle, crowd"), "{err}");
-        let chosen = Plan::new(false, None, 20_000, &["crowd".into()], Some(5_000)).unwrap();
-        assert_eq!(chosen.crowd_sessions, 5_000);
-        assert!(!chosen.crowd_capped_by_open_files);
-    }
-
-    #[test]
-    fn crowd_sessions_follow_the_open_files_limit() {
-        assert_eq!(crowd_sessions(20_000), (9_990, true));
-        assert_eq!(crowd_sessions(1_048_576), (CROWD_TARGET, false));
-        assert_eq!(crowd_sessions(20_020), (CROWD_TARGET, false));
-        assert_eq!(crowd_sessions(10), (0, true));
-    }
-}
-
 pub const METRICS: &[Metric] = &[
     Metric {
         key: "thr_one",
@@ -383,3 +348,38 @@ pub const METRICS: &[Metric] = &[
         higher_is_better: false,
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(plan: &Plan) -> Vec<&'static str> {
+        plan.scenarios.iter().map(|s| s.id).collect()
+    }
+
+    #[test]
+    fn the_crowd_runs_only_by_name() {
+        let full = Plan::new(false, None, 20_000, &[], None).unwrap();
+        assert!(!full.runs("crowd"));
+        assert!(full.runs("idle") && full.runs("thr-one"));
+        let crowd = Plan::new(false, Some(1), 20_000, &["crowd".into()], None).unwrap();
+        assert_eq!(ids(&crowd), ["crowd"]);
+        assert_eq!(crowd.crowd_sessions, 9_990);
+        assert!(crowd.crowd_capped_by_open_files);
+        let both = Plan::new(true, None, 20_000, &["idle".into(), "crowd".into()], None).unwrap();
+        assert_eq!(ids(&both), ["idle", "crowd"]);
+        let err = Plan::new(false, None, 20_000, &["crowds".into()], None).unwrap_err();
+        assert!(err.to_string().contains("idle, crowd"), "{err}");
+        let chosen = Plan::new(false, None, 20_000, &["crowd".into()], Some(5_000)).unwrap();
+        assert_eq!(chosen.crowd_sessions, 5_000);
+        assert!(!chosen.crowd_capped_by_open_files);
+    }
+
+    #[test]
+    fn crowd_sessions_follow_the_open_files_limit() {
+        assert_eq!(crowd_sessions(20_000), (9_990, true));
+        assert_eq!(crowd_sessions(1_048_576), (CROWD_TARGET, false));
+        assert_eq!(crowd_sessions(20_020), (CROWD_TARGET, false));
+        assert_eq!(crowd_sessions(10), (0, true));
+    }
+}

@@ -476,7 +476,7 @@ fn main() -> anyhow::Result<()> {
         "commit": command_text("git", &["rev-parse", "--short", "HEAD"]),
         "load_average_start": load_start,
         "load_average_end": load_average(),
-        "cpus": command_text("nproc", &[]),
+        "cpus": command_text("nproc", &["--all"]),
         "gateway_bin": args.gateway_bin.display().to_string(),
         "gateway_core": args.gateway_core,
         "repeats": args.repeats,
@@ -509,7 +509,7 @@ fn markdown(r: &Value) -> String {
     );
     let _ = writeln!(
         md,
-        "Run {} → {} UTC at `{}`, load average {} → {} ({} CPUs); gateway `{}` pinned to core `{}`, \
+        "Run {} → {} UTC at `{}`, load average {} → {} ({} CPUs on the machine); gateway `{}` pinned to core `{}`, \
          stand-in and polling on the other; medians of {} gateway start(s) per row. Raw data: `results.json`.\n",
         r["started_utc"].as_str().unwrap_or_default(),
         r["finished_utc"].as_str().unwrap_or_default(),
