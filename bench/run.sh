@@ -4,7 +4,10 @@
 # against every contender and writes RESULTS.md, results.json and chart.png.
 #   bash bench/run.sh           full run (3 repeats, ~12 min) -> bench/results/
 #   bash bench/run.sh --smoke   functional check (~1 min after the build) -> target/labgate-bench/smoke/
-# Extra arguments go to bench-run (e.g. --only labgate,nginx-tuned --repeats 1).
+#   bash bench/run.sh --only labgate-prod --scenarios crowd --repeats 1   -> bench/results/crowd/
+# Extra arguments go to bench-run (e.g. --only labgate,nginx-tuned --repeats 1). A run that names
+# its scenarios writes to bench/results/<scenarios>/ unless --out says where, so it never
+# overwrites the full run's bench/results/RESULTS.md.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,17 +18,38 @@ venv="$work/venv"
 
 smoke=0
 args=()
+scenarios=""
+out=""
+expect=""
 for a in "$@"; do
-    if [ "$a" = "--smoke" ]; then smoke=1; else args+=("$a"); fi
+    case "$expect" in
+        scenarios) scenarios="$a"; expect=""; args+=("$a"); continue ;;
+        out) out="$a"; expect=""; continue ;;
+    esac
+    case "$a" in
+        --smoke) smoke=1 ;;
+        --scenarios) expect=scenarios; args+=("$a") ;;
+        --scenarios=*) scenarios="${a#--scenarios=}"; args+=("$a") ;;
+        --out) expect=out ;;
+        --out=*) out="${a#--out=}" ;;
+        *) args+=("$a") ;;
+    esac
 done
 
 log() { echo "bench/run.sh: $*" >&2; }
+
+# The profile and the chart belong to the default scenarios (thr-many, thr-one).
+default_scenarios=1
+case ",$scenarios," in
+    ,,|*,thr-one,*|*,thr-many,*) ;;
+    *) default_scenarios=0 ;;
+esac
 
 # 1. Debian packages: nginx (the reference proxy), taskset, and perf for the full run's profile.
 apt_packages=()
 command -v nginx >/dev/null 2>&1 || apt_packages+=(nginx-light)
 command -v taskset >/dev/null 2>&1 || apt_packages+=(util-linux)
-if [ "$smoke" = 0 ] && ! command -v perf >/dev/null 2>&1; then apt_packages+=(linux-perf); fi
+if [ "$smoke" = 0 ] && [ "$default_scenarios" = 1 ] && ! command -v perf >/dev/null 2>&1; then apt_packages+=(linux-perf); fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_packages+=(python3-venv python3-pip); fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     log "installing ${apt_packages[*]}"
@@ -37,7 +61,7 @@ fi
 mkdir -p "$work"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 requirements=(-r bench/requirements.txt)
-[ "$smoke" = 1 ] || requirements+=(-r bench/requirements-chart.txt)
+[ "$smoke" = 1 ] || [ "$default_scenarios" = 0 ] || requirements+=(-r bench/requirements-chart.txt)
 "$venv/bin/pip" install -q --disable-pip-version-check "${requirements[@]}"
 
 # 3. Release builds of labgate and the bench tools.
@@ -49,10 +73,13 @@ ulimit -n "$(ulimit -Hn)"
 
 # 5. Run.
 if [ "$smoke" = 1 ]; then
-    out="$work/smoke"
+    out="${out:-$work/smoke}"
     run_args=(--smoke)
+elif [ -n "$scenarios" ]; then
+    out="${out:-$root/bench/results/${scenarios//,/-}}"
+    run_args=(--profile)
 else
-    out="$root/bench/results"
+    out="${out:-$root/bench/results}"
     run_args=(--profile)
 fi
 log "running (${run_args[*]}) -> $out"

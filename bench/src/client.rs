@@ -48,6 +48,11 @@ impl Target {
     /// The URL for one new session in `mode`, with its own VMI name (`stream-7`, `echo-12`)
     /// and, if the template needs one, a freshly minted token.
     pub fn url(&self, mode: Mode) -> anyhow::Result<String> {
+        Ok(self.url_and_vmi(mode)?.0)
+    }
+
+    /// [`Target::url`] and the VMI name in it.
+    fn url_and_vmi(&self, mode: Mode) -> anyhow::Result<(String, String)> {
         let vmi = format!(
             "{}-{}",
             mode.vmi(),
@@ -64,12 +69,17 @@ impl Target {
                 .ok_or_else(|| anyhow!("the URL needs a token but no JWT secret was given"))?;
             url = url.replace("{token}", &minter.mint(&vmi)?);
         }
-        Ok(url)
+        Ok((url, vmi))
     }
 
     /// Opens a session: TCP, TLS if configured, websocket handshake, mode selector.
     pub async fn connect(&self, mode: Mode) -> anyhow::Result<Ws> {
-        let url = self.url(mode)?;
+        Ok(self.connect_named(mode).await?.0)
+    }
+
+    /// [`Target::connect`], also returning the session's VMI name (how the upstream knows it).
+    pub async fn connect_named(&self, mode: Mode) -> anyhow::Result<(Ws, String)> {
+        let (url, vmi) = self.url_and_vmi(mode)?;
         let mut request = url
             .as_str()
             .into_client_request()
@@ -107,7 +117,7 @@ impl Target {
             ws.send(Message::Binary(Bytes::from(vec![mode.tcp_selector()])))
                 .await?;
         }
-        Ok(ws)
+        Ok((ws, vmi))
     }
 }
 

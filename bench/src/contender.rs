@@ -293,14 +293,29 @@ pub fn upstream_stats_file(setup: &Setup) -> PathBuf {
     setup.work.join("upstream-tls-stats.json")
 }
 
-/// Starts the upstream on the load core; with `tls`, as the HTTPS API-server stand-in.
-pub fn start_upstream(setup: &Setup, tls: bool) -> anyhow::Result<(Process, UpstreamAddrs)> {
+/// Where the upstream keeps the byte counts and CRCs of its echo sessions (crowd scenario).
+pub fn upstream_ledger_file(setup: &Setup) -> PathBuf {
+    setup.work.join("upstream-echo-ledger.json")
+}
+
+/// Starts the upstream on the load core; with `tls`, as the HTTPS API-server stand-in; with
+/// `ledger`, keeping the checksums of every echo session in that file (a fresh one).
+pub fn start_upstream(
+    setup: &Setup,
+    tls: bool,
+    ledger: Option<&Path>,
+) -> anyhow::Result<(Process, UpstreamAddrs)> {
     let mut cmd = pinned(LOAD_CORE, setup.bin_dir.join("bench-upstream"));
     if tls {
         cmd.arg("--tls-cert-file").arg(&setup.cert_file);
         cmd.arg("--tls-key-file").arg(&setup.key_file);
         cmd.arg("--bearer-token-file").arg(&setup.kube_token_file);
         cmd.arg("--stats-file").arg(upstream_stats_file(setup));
+    }
+    if let Some(file) = ledger {
+        // The previous contender's upstream wrote one too.
+        let _ = std::fs::remove_file(file);
+        cmd.arg("--echo-ledger-file").arg(file);
     }
     let (process, line) = spawn_reading_line(
         cmd,

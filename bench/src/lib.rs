@@ -4,6 +4,8 @@
 
 pub mod client;
 pub mod contender;
+pub mod crowd;
+pub mod ledger;
 pub mod pattern;
 pub mod plan;
 pub mod procfs;

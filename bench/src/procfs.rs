@@ -89,9 +89,61 @@ pub fn sample_tree(root: u32) -> TreeSample {
 
 /// The hard limit on open files of this process (a proxy needs two per session).
 pub fn open_files_hard_limit() -> Option<u64> {
-    let text = fs::read_to_string("/proc/self/limits").ok()?;
+    open_files_limits("self").map(|(_, hard)| hard)
+}
+
+/// The (soft, hard) limits on open files of a process (`self` or a PID): the soft one is
+/// what it can open now.
+pub fn open_files_limits(pid: &str) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(4)?.parse().ok()
+    let mut fields = line.split_whitespace().skip(3);
+    let soft = fields.next()?.parse().ok()?;
+    let hard = fields.next()?.parse().ok()?;
+    Some((soft, hard))
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// How many descriptors a process holds open.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// utime+stime of this process's threads whose name starts with `prefix` (a runtime of
+/// its own, built with `thread_name`), so that its CPU is told apart from the rest.
+pub fn threads_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(dir) = fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut seconds = 0.0;
+    for task in dir.flatten() {
+        let Ok(stat) = fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        seconds += (tick(11) + tick(12)) / TICKS_PER_SECOND;
+    }
+    seconds
 }
 
 #[cfg(test)]
@@ -106,5 +158,14 @@ mod tests {
         assert!(s.processes >= 1);
         assert!(process_tree(me).contains(&me));
         assert!(open_files_hard_limit().is_some());
+        let (soft, hard) = open_files_limits(&me.to_string()).unwrap();
+        assert!(soft <= hard);
+        let rss = status_kib(me, "VmRSS").unwrap();
+        let peak = status_kib(me, "VmHWM").unwrap();
+        assert!(rss > 0 && peak >= rss, "RSS {rss} KiB, peak {peak} KiB");
+        assert!(status_kib(me, "NoSuchField").is_none());
+        assert!(open_fds(me).unwrap() >= 3);
+        // Named threads only: a prefix no thread has adds up to nothing.
+        assert_eq!(threads_cpu_seconds("no-such-thread-name"), 0.0);
     }
 }

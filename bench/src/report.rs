@@ -256,7 +256,12 @@ impl Results {
                 ""
             }
         );
-        let _ = writeln!(md, "![chart](chart.png)\n");
+        // A run of only scenarios outside the default run (the crowd) has no medians table,
+        // ratios, targets or chart: those are about the default scenarios' metrics.
+        let default_metrics = METRICS.iter().any(|m| p.runs(m.scenario));
+        if default_metrics {
+            let _ = writeln!(md, "![chart](chart.png)\n");
+        }
         let _ = writeln!(md, "## Machine\n\n| | |\n|---|---|");
         for (k, v) in &self.machine {
             let _ = writeln!(md, "| {k} | {} |", v.replace('|', "/").replace('\n', " "));
@@ -297,6 +302,39 @@ impl Results {
         for c in &self.contenders {
             let _ = writeln!(md, "| {} | {} | {} |", c.name, c.description, c.status);
         }
+        if default_metrics {
+            self.metric_tables(&mut md);
+        }
+        self.crowd_table(&mut md);
+        let failures = self.failures();
+        if !failures.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Failures\n\n| Contender | Repeat | Scenario | Errors | First errors |\n|---|---|---|---|---|"
+            );
+            for r in failures {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    r.contender,
+                    r.repeat,
+                    r.scenario,
+                    r.result["errors"],
+                    r.result["error_samples"].to_string().replace('|', "/")
+                );
+            }
+        }
+        if let Some(profile) = &self.profile {
+            let _ = writeln!(
+                md,
+                "\n## Profile: labgate under the many-session throughput scenario\n\n{profile}"
+            );
+        }
+        md
+    }
+
+    /// Medians, ratios and the targets of the default run's metrics.
+    fn metric_tables(&self, md: &mut String) {
         let _ = writeln!(md, "\n## Results (medians)\n");
         let header: Vec<String> = METRICS
             .iter()
@@ -368,31 +406,81 @@ impl Results {
                 f(t.ratio)
             );
         }
-        let failures = self.failures();
-        if !failures.is_empty() {
+    }
+
+    /// One row per crowd run: sessions, checks at both ends, traffic, proxy memory.
+    fn crowd_table(&self, md: &mut String) {
+        let runs: Vec<&RunRecord> = self.runs.iter().filter(|r| r.scenario == "crowd").collect();
+        if runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "\n## Crowd: sessions open together, traffic on a share, checksums at both ends\n\n\
+             Each session is proven with an echo when it opens and again at the end with all open; active ones \
+             send pattern bytes and check every echoed byte; each side keeps a byte count and CRC-32 per session \
+             and direction, compared per session with the upstream's (`bench-upstream --echo-ledger-file`). Proxy \
+             memory: PSS (and RSS) of its process tree; per session = (all open − before) ÷ sessions open.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| Contender | Repeat | Sessions open / answering at end | Active | Errors | Pings answered | Traffic MB/s each way | Round trips (p50 / p99 µs) | Bytes verified at both ends (→ VM / ← VM) | Sessions mismatched / missing upstream | Proxy PSS before / all open / traffic / after close (KiB) | KiB per session (PSS / RSS) | fds per session | Proxy RSS all open / with traffic |"
+        );
+        let _ = writeln!(
+            md,
+            "|---|---|---|---:|---:|---:|---:|---|---|---|---|---|---:|---|"
+        );
+        let n = |v: &Value| {
+            v.as_u64()
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "–".into())
+        };
+        let f = |v: &Value, d: usize| {
+            v.as_f64()
+                .map(|x| format!("{x:.d$}"))
+                .unwrap_or_else(|| "–".into())
+        };
+        for r in &runs {
+            let v = &r.result;
+            let up = &v["upstream"];
             let _ = writeln!(
                 md,
-                "\n## Failures\n\n| Contender | Repeat | Scenario | Errors | First errors |\n|---|---|---|---|---|"
+                "| {} | {} | {} / {} of {} | {} | {} | {} | {} | {} ({} / {}) | {} / {} | {} / {} | {} / {} / {} / {} | {} / {} | {} | {} KiB / {} KiB |",
+                r.contender,
+                r.repeat,
+                n(&v["sessions_open"]),
+                n(&v["sessions_answering_at_end"]),
+                n(&v["sessions"]),
+                n(&v["sessions_active"]),
+                n(&v["errors"]),
+                n(&v["pings_answered"]),
+                f(&v["traffic_mb_per_s_each_way"], 1),
+                n(&v["round_trips"]),
+                n(&v["rtt_p50_us"]),
+                n(&v["rtt_p99_us"]),
+                n(&up["bytes_verified_client_to_upstream"]),
+                n(&up["bytes_verified_upstream_to_client"]),
+                n(&up["sessions_mismatched"]),
+                n(&up["sessions_missing"]),
+                n(&v["proxy_before"]["pss_kib"]),
+                n(&v["proxy_all_open"]["pss_kib"]),
+                n(&v["proxy_with_traffic"]["pss_kib"]),
+                n(&v["proxy_after_close"]["pss_kib"]),
+                f(&v["proxy_kib_per_session"], 1),
+                f(&v["proxy_rss_kib_per_session"], 1),
+                f(&v["proxy_fds_per_session"], 2),
+                n(&v["proxy_rss_kib_all_open"]),
+                n(&v["proxy_rss_kib_with_traffic"]),
             );
-            for r in failures {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} |",
-                    r.contender,
-                    r.repeat,
-                    r.scenario,
-                    r.result["errors"],
-                    r.result["error_samples"].to_string().replace('|', "/")
-                );
+        }
+        for r in &runs {
+            if let Some(note) = r.result["limits"]["note"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+            {
+                let _ = writeln!(md, "\n{} (repeat {}): {note}.", r.contender, r.repeat);
             }
         }
-        if let Some(profile) = &self.profile {
-            let _ = writeln!(
-                md,
-                "\n## Profile: labgate under the many-session throughput scenario\n\n{profile}"
-            );
-        }
-        md
     }
 
     fn ran(&self) -> impl Iterator<Item = &ContenderStatus> {

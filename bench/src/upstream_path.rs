@@ -59,9 +59,9 @@ impl Mode {
     }
 }
 
-/// Parses `/apis/subresources.kubevirt.io/{v1|v1alpha3}/namespaces/{ns}/virtualmachineinstances/{vmi}/{vnc|console}`
-/// (query ignored) into the mode its VMI name selects.
-pub fn mode_for_path(path_and_query: &str) -> Option<Mode> {
+/// The VMI name of `/apis/subresources.kubevirt.io/{v1|v1alpha3}/namespaces/{ns}/virtualmachineinstances/{vmi}/{vnc|console}`
+/// (query ignored), if the path is one.
+pub fn vmi_for_path(path_and_query: &str) -> Option<&str> {
     let path = path_and_query.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
@@ -75,18 +75,22 @@ pub fn mode_for_path(path_and_query: &str) -> Option<Mode> {
             "virtualmachineinstances",
             vmi,
             "vnc" | "console",
-        ] if !ns.is_empty() => {
-            if vmi.starts_with("stream") {
-                Some(Mode::Stream)
-            } else if vmi.starts_with("echo") {
-                Some(Mode::Echo)
-            } else if vmi.starts_with("screen") {
-                Some(Mode::Greet)
-            } else {
-                None
-            }
-        }
+        ] if !ns.is_empty() => Some(*vmi),
         _ => None,
+    }
+}
+
+/// The mode a subresource path's VMI name selects.
+pub fn mode_for_path(path_and_query: &str) -> Option<Mode> {
+    let vmi = vmi_for_path(path_and_query)?;
+    if vmi.starts_with("stream") {
+        Some(Mode::Stream)
+    } else if vmi.starts_with("echo") {
+        Some(Mode::Echo)
+    } else if vmi.starts_with("screen") {
+        Some(Mode::Greet)
+    } else {
+        None
     }
 }
 
@@ -114,5 +118,10 @@ mod tests {
         assert_eq!(mode_for_path(&p("other", "vnc")), None);
         assert_eq!(mode_for_path(&p("stream", "screenshot")), None);
         assert_eq!(mode_for_path("/labs/lab-1/stream/vnc"), None);
+        assert_eq!(
+            vmi_for_path(&(p("echo-c7-12", "console") + "?x=1")),
+            Some("echo-c7-12")
+        );
+        assert_eq!(vmi_for_path("/labs/lab-1/echo/console"), None);
     }
 }

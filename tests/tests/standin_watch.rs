@@ -223,6 +223,46 @@ async fn bookmarks_and_streaming_lists() {
     }
 }
 
+/// Pages of a selected list among many unselected objects: every lab once, in order, in
+/// exactly as many pages as the limit needs, whatever lies between them.
+#[tokio::test]
+async fn selected_pages_skip_unselected_objects_and_lose_nothing() {
+    let standin = StandIn::start().await.unwrap();
+    let labs = 1_234;
+    for i in 0..labs {
+        standin.lab_namespace(&format!("ns-{i:05}-a"), "alice@example.com", &[]);
+        // An unlabelled namespace right after each lab, in key order.
+        let mut plain = Namespace::default();
+        plain.metadata.name = Some(format!("ns-{i:05}-b"));
+        standin.put_namespace(plain);
+    }
+    // Objects of another resource share the store.
+    standin.add_vmi(
+        "ns-00000-a",
+        "vm1",
+        labgate_tests::standin::Vmi {
+            phase: "Running".into(),
+            vnc: None,
+            console: None,
+        },
+    );
+    let api: Api<Namespace> = Api::all(standin.client(&standin.gateway_token()));
+    let mut params = ListParams::default().labels(LAB_SELECTOR).limit(500);
+    let (mut names, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = api.list(&params).await.unwrap();
+        pages += 1;
+        names.extend(page.items.iter().map(|n| name(n).to_string()));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..labs).map(|i| format!("ns-{i:05}-a")).collect();
+    assert_eq!(names, expected);
+}
+
 #[tokio::test]
 async fn list_pages_with_limit_and_continue_and_expires_old_tokens() {
     let standin = StandIn::start().await.unwrap();
@@ -249,6 +289,14 @@ async fn list_pages_with_limit_and_continue_and_expires_old_tokens() {
     }
     assert_eq!(pages, 3);
     assert_eq!(names, ["lab-0", "lab-1", "lab-2", "lab-3", "lab-4"]);
+    // Like the API server, what is left is counted only for a list without selectors.
+    let selected = api
+        .list(&ListParams::default().labels(LAB_SELECTOR).limit(2))
+        .await
+        .unwrap();
+    assert_eq!(selected.metadata.remaining_item_count, None);
+    let everything = api.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(everything.metadata.remaining_item_count, Some(4));
 
     let first = api
         .list(&ListParams::default().labels(LAB_SELECTOR).limit(2))

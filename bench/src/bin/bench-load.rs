@@ -1,6 +1,7 @@
 //! The benchmark's load generator: opens websocket sessions through one contender, runs one
-//! scenario (throughput, rtt, handshake or idle), checks every byte it gets back, reads the
-//! proxy's CPU time and memory from /proc around the measured window and prints one JSON object.
+//! scenario (throughput, rtt, handshake, first-byte, idle or crowd), checks every byte it gets
+//! back, reads the proxy's CPU time and memory from /proc around the measured window and prints
+//! one JSON object.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use labgate_bench::client::{Target, Ws, tls_connector};
+use labgate_bench::crowd::{self, CrowdArgs};
 use labgate_bench::pattern::Pattern;
 use labgate_bench::procfs::{TreeSample, sample_tree};
 use labgate_bench::stats::percentile;
@@ -57,7 +59,7 @@ struct Args {
     scenario: Scenario,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Scenario {
     /// N stream sessions receiving as fast as possible; bytes per second and proxy CPU per GB.
     Throughput {
@@ -110,6 +112,11 @@ enum Scenario {
         #[arg(long, default_value_t = 1.0)]
         after_close: f64,
     },
+    /// Open N echo sessions and hold them all open together, with traffic on a share of them
+    /// (every byte checked, counted and CRC'd per session; with the upstream's ledger, at
+    /// both ends); read the proxy's memory and descriptors before, with all open, with
+    /// traffic and after closing.
+    Crowd(CrowdArgs),
 }
 
 /// Errors seen by any session: counted, with the first few kept for the report.
@@ -161,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let idle = matches!(args.scenario, Scenario::Idle { .. });
+    let idle = matches!(args.scenario, Scenario::Idle { .. } | Scenario::Crowd(_));
     // Idle sessions need little buffer; streaming ones read 64 KiB messages.
     let read_buffer = if idle { 4 * 1024 } else { 128 * 1024 };
     let target = Arc::new(Target {
@@ -179,11 +186,16 @@ async fn main() -> anyhow::Result<()> {
             )),
             None => None,
         },
-        next_vmi: Default::default(),
+        // The crowd's VMI names are the upstream's ledger keys: unique to this process, so
+        // sessions of earlier scenarios on the same upstream never stand in for them.
+        next_vmi: match args.scenario {
+            Scenario::Crowd(_) => (u64::from(std::process::id()) * 1_000_000).into(),
+            _ => Default::default(),
+        },
     });
     // Fail early and clearly if the URL cannot be built.
     target.url(Mode::Echo)?;
-    let result = match args.scenario {
+    let result = match args.scenario.clone() {
         Scenario::Throughput {
             sessions,
             seconds,
@@ -245,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Scenario::Crowd(crowd_args) => crowd::run(target, args.proxy_pid, crowd_args).await,
     };
     println!("{result}");
     Ok(())

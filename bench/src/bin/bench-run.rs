@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use labgate_bench::contender::{
-    Contender, Kind, LOAD_CORE, Running, Setup, pinned, roster, start_upstream, upstream_stats_file,
+    Contender, Kind, LOAD_CORE, Running, Setup, pinned, roster, start_upstream,
+    upstream_ledger_file, upstream_stats_file,
 };
 use labgate_bench::plan::{Plan, Scenario};
 use labgate_bench::procfs::open_files_hard_limit;
@@ -52,6 +53,13 @@ struct Args {
     /// Record a perf profile of labgate under the many-session throughput scenario.
     #[arg(long)]
     profile: bool,
+    /// Comma-separated scenario ids to run (default: every scenario of the full run; `crowd`
+    /// runs only when named here).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Sessions of the crowd scenario (default: 10,000 or what the open-files limit allows).
+    #[arg(long)]
+    crowd_sessions: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,7 +67,13 @@ fn main() -> anyhow::Result<()> {
     let began = Instant::now();
     let started_utc = utc_now();
     let open_files = open_files_hard_limit().unwrap_or(20_000);
-    let plan = Plan::new(args.smoke, args.repeats, open_files);
+    let plan = Plan::new(
+        args.smoke,
+        args.repeats,
+        open_files,
+        &args.scenarios,
+        args.crowd_sessions,
+    )?;
     let setup = prepare(&args, &plan)?;
     let contenders: Vec<Contender> = roster()
         .into_iter()
@@ -97,7 +111,7 @@ fn main() -> anyhow::Result<()> {
                 plan.repeats,
                 c.name
             );
-            match run_contender(&setup, &plan, c, repeat) {
+            match run_contender(&setup, &plan, c, repeat, args.crowd_sessions) {
                 Ok(records) => {
                     for r in &records {
                         if !r.ok() {
@@ -119,12 +133,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let profile = if args.profile {
+    // The profile runs the many-session throughput scenario: only alongside it.
+    let profile = if args.profile && plan.runs("thr-many") {
         Some(profile_labgate(&setup, &plan, &args.out))
     } else {
         None
     };
     machine.insert("load average (end)".into(), read_trimmed("/proc/loadavg"));
+    let chart = !args.smoke && plan.runs("thr-one");
     let mut results = Results {
         mode: if args.smoke {
             "smoke".into()
@@ -146,8 +162,9 @@ fn main() -> anyhow::Result<()> {
     let json_path = args.out.join("results.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
     std::fs::write(args.out.join("RESULTS.md"), results.markdown())?;
-    // The smoke run checks function only; its venv has no matplotlib.
-    if !args.smoke {
+    // The smoke run checks function only; its venv has no matplotlib. The chart draws
+    // the default run's metrics, so a run of other scenarios has none.
+    if chart {
         draw_chart(&args, &json_path);
     }
     eprintln!(
@@ -201,7 +218,11 @@ fn prepare(args: &Args, plan: &Plan) -> anyhow::Result<Setup> {
         ca_file: file("ca.pem", ca_pem.as_bytes())?,
         cert_file: file("server.pem", cert_pem.as_bytes())?,
         key_file: file("server.key", key_pem.as_bytes())?,
-        max_sessions: plan.idle_sessions + 50,
+        max_sessions: plan.idle_sessions.max(if plan.runs("crowd") {
+            plan.crowd_sessions
+        } else {
+            0
+        }) + 50,
         work,
     })
 }
@@ -240,8 +261,13 @@ fn run_contender(
     plan: &Plan,
     c: &Contender,
     repeat: usize,
+    crowd_sessions: Option<usize>,
 ) -> anyhow::Result<Vec<RunRecord>> {
-    let (upstream, addrs) = start_upstream(setup, c.upstream_tls)?;
+    // The crowd compares both ends of every echo session: the websocket upstream keeps a
+    // ledger of them (websockify reaches the plain TCP upstream, which keeps none).
+    let ledger =
+        (plan.runs("crowd") && c.kind != Kind::Websockify).then(|| upstream_ledger_file(setup));
+    let (upstream, addrs) = start_upstream(setup, c.upstream_tls, ledger.as_deref())?;
     let running = c.start(setup, addrs)?;
     let upstream_pid = c.upstream_tls.then_some(upstream.pid);
     let mut records = Vec::new();
@@ -254,6 +280,22 @@ fn run_contender(
                 plan.idle_sessions
             };
             extra = vec!["--sessions".to_string(), n.to_string()];
+        }
+        if scenario.id == "crowd" {
+            // Unless chosen, bench-load picks the count from the proxy's open-files limit and
+            // says so; websockify forks a process per connection, as in the idle scenario.
+            let n = if c.kind == Kind::Websockify {
+                Some(plan.idle_sessions_forking.min(plan.crowd_sessions))
+            } else {
+                crowd_sessions.or(plan.smoke.then_some(plan.crowd_sessions))
+            };
+            if let Some(n) = n {
+                extra = vec!["--sessions".to_string(), n.to_string()];
+            }
+            if let Some(file) = &ledger {
+                extra.push("--upstream-ledger-file".into());
+                extra.push(file.display().to_string());
+            }
         }
         let result = run_load(setup, &running, upstream_pid, scenario, &extra)?;
         records.push(RunRecord {
@@ -353,7 +395,7 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
     if let Some(why) = c.unavailable(setup) {
         anyhow::bail!("labgate unavailable: {why}");
     }
-    let (upstream, addrs) = start_upstream(setup, c.upstream_tls)?;
+    let (upstream, addrs) = start_upstream(setup, c.upstream_tls, None)?;
     let running = c.start(setup, addrs)?;
     let pid = running.pid().context("labgate has no pid")?;
     let record_secs = if plan.smoke { 1 } else { 4 };
@@ -361,6 +403,7 @@ fn try_profile(setup: &Setup, plan: &Plan, out: &Path) -> anyhow::Result<String>
         id: "profile",
         title: "profile".into(),
         load_command: "throughput",
+        in_default_run: false,
         load_args: [
             "--sessions",
             &plan.many_sessions.to_string(),

@@ -7,18 +7,21 @@
 //! sends one stateless TLS 1.3 ticket after every handshake), and with `--bearer-token-file`
 //! it refuses upgrades without the service account's bearer token (401, like the API server).
 //! `--stats-file` gets the count of full and resumed TLS handshakes, rewritten every 50 ms.
+//! `--echo-ledger-file` gets, for every finished echo session, the byte count and CRC-32 of
+//! what it received and sent (by VMI name), so the crowd scenario checks both ends.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
+use labgate_bench::ledger::{Ledger, SessionSums, Tally, write_ledger};
 use labgate_bench::pattern::Pattern;
-use labgate_bench::upstream_path::{Mode, RFB_GREETING, mode_for_path};
+use labgate_bench::upstream_path::{Mode, RFB_GREETING, mode_for_path, vmi_for_path};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +56,44 @@ struct Args {
     /// Where to keep `{"full": N, "resumed": M}`, the TLS handshakes so far.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Where to keep the byte count and CRC-32 of every finished echo session, both ways,
+    /// by VMI name (rewritten at most every 200 ms while sessions end).
+    #[arg(long)]
+    echo_ledger_file: Option<PathBuf>,
+}
+
+/// The finished echo sessions and whether the file is behind.
+#[derive(Default)]
+struct EchoLedger {
+    sessions: Mutex<Ledger>,
+    dirty: AtomicBool,
+}
+
+impl EchoLedger {
+    fn record(&self, vmi: &str, sums: SessionSums) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vmi.to_owned(), sums);
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Rewrites the file whenever sessions ended since the last write.
+    async fn keep_written(self: Arc<Self>, path: PathBuf) {
+        loop {
+            if self.dirty.swap(false, Ordering::AcqRel) {
+                let snapshot = self
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Err(e) = write_ledger(&path, &snapshot) {
+                    eprintln!("writing the echo ledger failed: {e:#}");
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// Full and resumed TLS handshakes on the websocket listener.
@@ -125,6 +166,14 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let counts = Arc::new(HandshakeCounts::default());
+    let ledger = match args.echo_ledger_file.clone() {
+        Some(path) => {
+            let ledger = Arc::new(EchoLedger::default());
+            tokio::spawn(ledger.clone().keep_written(path));
+            Some(ledger)
+        }
+        None => None,
+    };
     if let Some(path) = args.stats_file.clone() {
         let counts = counts.clone();
         tokio::spawn(async move {
@@ -143,10 +192,11 @@ async fn main() -> anyhow::Result<()> {
             match ws_listener.accept().await {
                 Ok((sock, _)) => {
                     let (pattern, bearer) = (ws_pattern.clone(), bearer.clone());
+                    let ledger = ledger.clone();
                     match &tls {
                         None => {
                             let _ = sock.set_nodelay(true);
-                            tokio::spawn(serve_websocket(sock, pattern, size, bearer));
+                            tokio::spawn(serve_websocket(sock, pattern, size, bearer, ledger));
                         }
                         Some(tls) => {
                             let (tls, counts) = (tls.clone(), counts.clone());
@@ -162,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
                                     &counts.full
                                 };
                                 counter.fetch_add(1, Ordering::Relaxed);
-                                serve_websocket(stream, pattern, size, bearer).await;
+                                serve_websocket(stream, pattern, size, bearer, ledger).await;
                             });
                         }
                     }
@@ -187,11 +237,17 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-async fn serve_websocket<S>(sock: S, pattern: Pattern, size: usize, bearer: Option<Arc<str>>)
-where
+async fn serve_websocket<S>(
+    sock: S,
+    pattern: Pattern,
+    size: usize,
+    bearer: Option<Arc<str>>,
+    ledger: Option<Arc<EchoLedger>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut mode = None;
+    let mut vmi = None;
     // The callback's signature is tungstenite's; its large error type is not ours to box.
     #[allow(clippy::result_large_err)]
     let answer = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -203,7 +259,9 @@ where
                 return Err(refusal);
             }
         }
-        mode = mode_for_path(&req.uri().to_string());
+        let path = req.uri().to_string();
+        mode = mode_for_path(&path);
+        vmi = vmi_for_path(&path).map(str::to_owned);
         if mode.is_none() {
             let mut refusal = ErrorResponse::new(Some("no such virtual machine instance".into()));
             *refusal.status_mut() = StatusCode::NOT_FOUND;
@@ -267,18 +325,33 @@ where
             {
                 return;
             }
+            // Tallied only when a ledger is kept, so other scenarios pay nothing for it.
+            let (mut received, mut sent) = (Tally::default(), Tally::default());
             while let Some(Ok(msg)) = ws.next().await {
                 match msg {
                     // KubeVirt's binaryReader ignores text messages; so does this upstream.
                     Message::Binary(data) => {
-                        let sent = ws.send(Message::Binary(data)).await;
-                        if sent.is_err() {
+                        if ledger.is_some() {
+                            received.add(&data);
+                        }
+                        let echoed = ws.send(Message::Binary(data.clone())).await;
+                        if echoed.is_err() {
                             break;
+                        }
+                        if ledger.is_some() {
+                            sent.add(&data);
                         }
                     }
                     Message::Close(_) => break,
                     _ => {}
                 }
+            }
+            if let (Some(ledger), Some(vmi)) = (&ledger, &vmi) {
+                let sums = SessionSums {
+                    received: received.sum(),
+                    sent: sent.sum(),
+                };
+                ledger.record(vmi, sums);
             }
         }
         None => {}

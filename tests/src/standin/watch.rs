@@ -47,6 +47,11 @@ impl Scope {
         self.labels.matches(obj) && self.fields.matches(obj)
     }
 
+    /// No label or field selector: every object of the resource (and namespace) is in.
+    fn unselected(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     /// The watch event a change produces for this scope (apiserver `convertToWatchEvent`):
     /// starts matching → ADDED, still matches → MODIFIED, stops matching or deleted → DELETED with
     /// the previous content and the new RV.
@@ -125,8 +130,11 @@ pub fn list(
     let mut last_key = None;
     for (key, obj) in matching.by_ref() {
         if limit.is_some_and(|l| l > 0 && items.len() >= l) {
-            // One more match exists: this page ends at the previous key.
-            let remaining = 1 + matching.count();
+            // One more match exists: this page ends at the previous key. Like the API server
+            // (apiserver `storage/etcd3/store.go`: "Only set remainingItemCount if the
+            // predicate is empty"), the count is given only for a list without selectors, so
+            // a selected page costs its own items, not a count of everything after it.
+            let remaining = scope.unselected().then(|| 1 + matching.count());
             let last: &ObjectKey = last_key.expect("a full page has a last key");
             let token = ContinueToken {
                 rv: list_rv,
@@ -143,11 +151,18 @@ pub fn list(
     Ok(list_body(scope, list_rv, items, None))
 }
 
-fn list_body(scope: &Scope, rv: u64, items: Vec<Value>, more: Option<(String, usize)>) -> Value {
+fn list_body(
+    scope: &Scope,
+    rv: u64,
+    items: Vec<Value>,
+    more: Option<(String, Option<usize>)>,
+) -> Value {
     let mut metadata = json!({ "resourceVersion": rv.to_string() });
     if let Some((token, remaining)) = more {
         metadata["continue"] = json!(token);
-        metadata["remainingItemCount"] = json!(remaining);
+        if let Some(remaining) = remaining {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
     }
     json!({
         "kind": format!("{}List", scope.rt.kind),
