@@ -3,7 +3,8 @@
 # relay's packages, perf), builds labgate and the bench tools in release mode, runs every scenario
 # against every contender and writes RESULTS.md, results.json and chart.png.
 #   bash bench/run.sh           full run (3 repeats, ~12 min) -> bench/results/
-#   bash bench/run.sh --smoke   functional check (~1 min after the build) -> target/labgate-bench/smoke/
+#   bash bench/run.sh --smoke   functional check (~1 min after the build, a 10 s bench-soak
+#                               included) -> target/labgate-bench/smoke/
 # Extra arguments go to bench-run (e.g. --only labgate,nginx-tuned --repeats 1).
 set -euo pipefail
 
@@ -51,6 +52,9 @@ ulimit -n "$(ulimit -Hn)"
 if [ "$smoke" = 1 ]; then
     out="$work/smoke"
     run_args=(--smoke)
+    # A 10-second soak (churn, revocations, trend report) so bench-soak cannot rot.
+    log "running bench-soak --seconds 10 -> $out/soak"
+    "$target_dir/release/bench-soak" --seconds 10 --out "$out/soak" >/dev/null
 else
     out="$root/bench/results"
     run_args=(--profile)

@@ -10,4 +10,5 @@ pub mod procfs;
 pub mod report;
 pub mod stats;
 pub mod token;
+pub mod trend;
 pub mod upstream_path;
