@@ -3,7 +3,8 @@
 # relay's packages, perf), builds labgate and the bench tools in release mode, runs every scenario
 # against every contender and writes RESULTS.md, results.json and chart.png.
 #   bash bench/run.sh           full run (3 repeats, ~12 min) -> bench/results/
-#   bash bench/run.sh --smoke   functional check (~1 min after the build) -> target/labgate-bench/smoke/
+#   bash bench/run.sh --smoke   functional check (~1 min after the build, a 10 s bench-soak
+#                               included) -> target/labgate-bench/smoke/
 #   bash bench/run.sh --only labgate-prod --scenarios crowd --repeats 1   -> bench/results/crowd/
 # Extra arguments go to bench-run (e.g. --only labgate,nginx-tuned --repeats 1). A run that names
 # its scenarios writes to bench/results/<scenarios>/ unless --out says where, so it never
@@ -75,6 +76,9 @@ ulimit -n "$(ulimit -Hn)"
 if [ "$smoke" = 1 ]; then
     out="${out:-$work/smoke}"
     run_args=(--smoke)
+    # A 10-second soak (churn, revocations, trend report) so bench-soak cannot rot.
+    log "running bench-soak --seconds 10 -> $out/soak"
+    "$target_dir/release/bench-soak" --seconds 10 --out "$out/soak" >/dev/null
 elif [ -n "$scenarios" ]; then
     out="${out:-$root/bench/results/${scenarios//,/-}}"
     run_args=(--profile)

@@ -12,4 +12,5 @@ pub mod procfs;
 pub mod report;
 pub mod stats;
 pub mod token;
+pub mod trend;
 pub mod upstream_path;

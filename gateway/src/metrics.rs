@@ -59,6 +59,8 @@ pub struct Metrics {
     pub screenshot_captures: IntCounterVec,
     /// Time to fetch one screenshot from the backend.
     pub screenshot_seconds: Histogram,
+    /// Tasks alive on the tokio runtime, read at each scrape ([`Metrics::refresh_runtime`]).
+    pub runtime_alive_tasks: IntGauge,
 }
 
 impl Metrics {
@@ -244,6 +246,14 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        // A count that only grows under steady load is a task leak (a session's
+        // pump or timer that never ends); operators and the soak bench watch it.
+        let runtime_alive_tasks = IntGauge::new(
+            "labgate_gateway_runtime_alive_tasks",
+            "Tasks alive on the gateway's tokio runtime (spawned and not yet finished), read at scrape time.",
+        )
+        .expect("valid metric");
+
         for c in [
             Box::new(active_sessions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sessions.clone()),
@@ -268,6 +278,7 @@ impl Metrics {
             Box::new(lab_requests.clone()),
             Box::new(screenshot_captures.clone()),
             Box::new(screenshot_seconds.clone()),
+            Box::new(runtime_alive_tasks.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -331,6 +342,17 @@ impl Metrics {
             lab_requests,
             screenshot_captures,
             screenshot_seconds,
+            runtime_alive_tasks,
+        }
+    }
+
+    /// Sets the runtime gauges from the tokio runtime this is called on; outside
+    /// a runtime they keep their last value.
+    pub fn refresh_runtime(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.runtime_alive_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
     }
 
@@ -345,5 +367,76 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    fn alive(metrics: &Metrics) -> i64 {
+        metrics.refresh_runtime();
+        metrics.runtime_alive_tasks.get()
+    }
+
+    #[test]
+    fn alive_tasks_follow_the_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let metrics = Metrics::new();
+        runtime.block_on(async {
+            let before = alive(&metrics);
+            let (release, wait) = tokio::sync::watch::channel(false);
+            let tasks: Vec<_> = (0..3)
+                .map(|_| {
+                    let mut wait = wait.clone();
+                    tokio::spawn(async move { wait.wait_for(|go| *go).await.map(|_| ()) })
+                })
+                .collect();
+            assert_eq!(alive(&metrics), before + 3);
+            release.send(true).unwrap();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            assert_eq!(alive(&metrics), before);
+            assert!(
+                metrics
+                    .render()
+                    .contains(&format!("labgate_gateway_runtime_alive_tasks {before}\n"))
+            );
+        });
+    }
+
+    #[test]
+    fn outside_a_runtime_the_gauge_keeps_its_value() {
+        let metrics = Metrics::new();
+        metrics.runtime_alive_tasks.set(7);
+        metrics.refresh_runtime();
+        assert_eq!(metrics.runtime_alive_tasks.get(), 7);
+    }
+
+    /// Every metric name in this file has a row in the README's metrics table.
+    #[test]
+    fn readme_documents_every_metric() {
+        let readme = include_str!("../../README.md");
+        let source = include_str!("metrics.rs");
+        let mut names = 0;
+        // Pieces between quotes that are whole metric names (string literals).
+        for quoted in source.split('"') {
+            let is_name = quoted.starts_with("labgate_gateway_")
+                && !quoted.ends_with('_')
+                && quoted.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if !is_name {
+                continue;
+            }
+            names += 1;
+            assert!(
+                readme.contains(&format!("| `{quoted}`"))
+                    || readme.contains(&format!(", `{quoted}` |")),
+                "README's metrics table lacks {quoted}"
+            );
+        }
+        assert!(names > 20, "found only {names} metric names");
     }
 }

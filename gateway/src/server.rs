@@ -236,6 +236,7 @@ impl Gateway {
                 metrics
                     .index_stale_seconds
                     .set(self.shared.index.staleness().as_secs_f64());
+                metrics.refresh_runtime();
                 Response::builder()
                     .header(CONTENT_TYPE, prometheus::TEXT_FORMAT)
                     .body(Full::new(Bytes::from(metrics.render())))
