@@ -545,6 +545,40 @@ async fn tls_certificate_rotates_without_dropping_sessions() {
         .await;
 }
 
+/// After a clean websocket close the gateway ends TLS with close_notify, so
+/// the client can tell a finished session from a cut connection (rustls,
+/// like other TLS stacks, reports a missing close_notify as an unexpected
+/// end of file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_ends_tls_with_close_notify() {
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let env = start(Options::default()).await.unwrap();
+    let tls = env.tls_connect().await.unwrap();
+    let path = format!("/labs/lab-alice/vm1/console/{}", env.token(ALICE));
+    let req = format!("wss://localhost:{}{path}", env.addr.port())
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    ws.send(Message::Close(None)).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close reply: {other:?}"),
+        }
+    }
+    let mut tls = ws.into_inner();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest))
+        .await
+        .expect("the gateway kept the connection open after the close handshake");
+    assert!(
+        read.is_ok(),
+        "the gateway ended TLS without close_notify: {read:?}"
+    );
+}
+
 async fn peer_cert(env: &Env) -> rustls::pki_types::CertificateDer<'static> {
     let tls = env.tls_connect().await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()

@@ -450,9 +450,12 @@ fn normal_close(reason: &'static str) -> CloseFrame {
     }
 }
 
-/// Sends a close frame (if `frame` is `Some`) and flushes whatever is queued,
-/// including close replies tungstenite queued on its own. A side whose
-/// stream cannot take a frame (`usable` false) is only shut down.
+/// Sends a close frame (if `frame` is `Some`), flushes whatever is queued,
+/// including close replies tungstenite queued on its own, and shuts the
+/// stream down: over TLS that sends close_notify, without which a client
+/// cannot tell a finished session from a cut connection (rustls reports it
+/// as an unexpected end of file). A side whose stream cannot take a frame
+/// (`usable` false) is only shut down.
 async fn finish<S>(ws: &mut WebSocketStream<S>, frame: Option<Option<CloseFrame>>, usable: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -465,6 +468,7 @@ where
         let _ = ws.send(Message::Close(frame)).await;
     }
     let _ = SinkExt::close(ws).await;
+    let _ = ws.get_mut().shutdown().await;
 }
 
 #[cfg(test)]
