@@ -11,10 +11,9 @@
 //! and descriptors are read before, with all sessions open and idle, at the end of the
 //! traffic and after closing.
 
-use std::fmt::Display;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -27,6 +26,7 @@ use tokio::time::{sleep, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Target, Ws};
+use crate::errors::Errors;
 use crate::ledger::{SessionSums, Sum, Tally, read_ledger};
 use crate::pattern::{PERIOD, Pattern};
 use crate::plan::crowd_sessions;
@@ -79,23 +79,6 @@ enum Phase {
     Traffic,
     Verify,
     Close,
-}
-
-/// Errors of any session: counted, the first few kept.
-#[derive(Default)]
-struct Errors {
-    count: AtomicU64,
-    samples: Mutex<Vec<String>>,
-}
-
-impl Errors {
-    fn record(&self, what: impl Display) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() < 5 {
-            samples.push(format!("{what:#}"));
-        }
-    }
 }
 
 /// Counters every session task adds to.
@@ -484,17 +467,12 @@ pub async fn run(target: Arc<Target>, proxy_pid: Option<u32>, args: CrowdArgs) -
         .flat_map(|r| r.rtts_us.iter().map(|&v| u64::from(v)))
         .collect();
     rtts.sort_unstable();
-    let errors = shared.errors.count.load(Ordering::Relaxed);
+    let errors = shared.errors.count();
     let per_session = |f: &dyn Fn(&ProxyState) -> Option<f64>| match (before, all_open) {
         (Some(b), Some(a)) if opened > 0 => Some((f(&a)? - f(&b)?) / opened as f64),
         _ => None,
     };
-    let samples = shared
-        .errors
-        .samples
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let samples = shared.errors.json();
     let ok = n > 0 && errors == 0 && opened == n as u64 && verified == n as u64 && upstream_ok;
     json!({
         "scenario": "crowd",

@@ -5,6 +5,8 @@
 pub mod client;
 pub mod contender;
 pub mod crowd;
+pub mod errors;
+pub mod http_get;
 pub mod ledger;
 pub mod pattern;
 pub mod plan;

@@ -146,6 +146,16 @@ pub fn threads_cpu_seconds(prefix: &str) -> f64 {
     seconds
 }
 
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them ("" if unreadable).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,10 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use labgate_bench::procfs::{sample_tree, status_kib, threads_cpu_seconds};
 use labgate_bench::stats::median;
 use labgate_tests::standin::{StandIn, Vmi};
@@ -119,21 +116,10 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// One plain HTTP/1.1 GET; the status and body.
+/// One plain HTTP/1.1 GET on a fresh connection to `addr`; the status and body.
 async fn get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path).header(http::header::HOST, "localhost");
-    if let Some(token) = bearer {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
-        .await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    labgate_bench::http_get::get(tcp, path, bearer).await
 }
 
 /// Files the gateway is started with.
@@ -373,15 +359,6 @@ fn command_text(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.repeats > 0, "--repeats must be at least 1");
@@ -405,7 +382,7 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let started_utc = command_text("date", &["-u", "+%Y-%m-%d %H:%M:%S"]);
-    let load_start = load_average();
+    let load_start = labgate_bench::procfs::load_average();
     let standin_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(STANDIN_THREADS)
@@ -475,7 +452,7 @@ fn main() -> anyhow::Result<()> {
         "finished_utc": command_text("date", &["-u", "+%Y-%m-%d %H:%M:%S"]),
         "commit": command_text("git", &["rev-parse", "--short", "HEAD"]),
         "load_average_start": load_start,
-        "load_average_end": load_average(),
+        "load_average_end": labgate_bench::procfs::load_average(),
         "cpus": command_text("nproc", &["--all"]),
         "gateway_bin": args.gateway_bin.display().to_string(),
         "gateway_core": args.gateway_core,

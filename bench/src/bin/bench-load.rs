@@ -3,9 +3,8 @@
 //! back, reads the proxy's CPU time and memory from /proc around the measured window and prints
 //! one JSON object.
 
-use std::fmt::Display;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -14,6 +13,7 @@ use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use labgate_bench::client::{Target, Ws, tls_connector};
 use labgate_bench::crowd::{self, CrowdArgs};
+use labgate_bench::errors::Errors;
 use labgate_bench::pattern::Pattern;
 use labgate_bench::procfs::{TreeSample, sample_tree};
 use labgate_bench::stats::percentile;
@@ -117,31 +117,6 @@ enum Scenario {
     /// both ends); read the proxy's memory and descriptors before, with all open, with
     /// traffic and after closing.
     Crowd(CrowdArgs),
-}
-
-/// Errors seen by any session: counted, with the first few kept for the report.
-#[derive(Default)]
-struct Errors {
-    count: AtomicU64,
-    samples: Mutex<Vec<String>>,
-}
-
-impl Errors {
-    fn record(&self, what: impl Display) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() < 5 {
-            samples.push(format!("{what:#}"));
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn json(&self) -> Value {
-        json!(*self.samples.lock().unwrap_or_else(|p| p.into_inner()))
-    }
 }
 
 /// Reads the proxy's process tree, if there is a proxy.

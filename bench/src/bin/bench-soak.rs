@@ -29,19 +29,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
 use clap::Parser;
 use futures::{SinkExt as _, StreamExt as _};
-use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use labgate_bench::contender::free_port;
+use labgate_bench::http_get;
 use labgate_bench::pattern::Pattern;
 use labgate_bench::trend::{self, Slope, Tolerance};
 use labgate_tests::standin::{StandIn, UpstreamAddr, Vmi};
 use serde::Serialize;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -297,7 +294,7 @@ impl Gateway {
 
     async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let tcp = TcpStream::connect(self.admin).await?;
-        http_get(tcp, path, None).await
+        http_get::get(tcp, path, None).await
     }
 
     /// `GET /labs/{lab}` on the client listener, as a portal's viewer page does.
@@ -305,7 +302,9 @@ impl Gateway {
         let tcp = TcpStream::connect(self.listen).await?;
         let name = rustls::pki_types::ServerName::try_from("localhost")?;
         let tls = self.tls.connect(name, tcp).await?;
-        Ok(http_get(tls, &format!("/labs/{lab}"), Some(token)).await?.0)
+        Ok(http_get::get(tls, &format!("/labs/{lab}"), Some(token))
+            .await?
+            .0)
     }
 
     async fn connect(&self, lab: &str, vm: &str, kind: &str, token: &str) -> anyhow::Result<Ws> {
@@ -331,33 +330,6 @@ impl Gateway {
 }
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
-
-/// One GET on a fresh connection, closed afterwards.
-async fn http_get<S>(io: S, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    timeout(STEP_TIMEOUT, async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        let conn = tokio::spawn(conn);
-        let mut request = http::Request::get(path)
-            .header(http::header::HOST, "localhost")
-            .header(http::header::CONNECTION, "close");
-        if let Some(token) = bearer {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let response = sender
-            .send_request(request.body(Empty::<Bytes>::new())?)
-            .await?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        drop(sender);
-        let _ = conn.await;
-        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
-    })
-    .await
-    .context("HTTP request timed out")?
-}
 
 // --- samples -------------------------------------------------------------------------
 
@@ -1056,15 +1028,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn commit() -> String {
     std::process::Command::new("git")
         .args(["describe", "--always", "--dirty", "--abbrev=12"])
@@ -1226,7 +1189,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = rustls::crypto::ring::default_provider().install_default();
     let start_utc = utc_now();
-    let load_start = load_average();
+    let load_start = labgate_bench::procfs::load_average();
 
     let standin = StandIn::start().await?;
     let world = World {
@@ -1305,7 +1268,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, metrics_text) = churn.gateway.admin_get("/metrics").await?;
     let final_scrape = parse_metrics(&metrics_text)?;
     let end_utc = utc_now();
-    let load_end = load_average();
+    let load_end = labgate_bench::procfs::load_average();
 
     let window_samples: Vec<Sample> = samples
         .iter()
