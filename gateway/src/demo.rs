@@ -75,10 +75,7 @@ pub fn write_files() -> std::io::Result<DemoFiles> {
 /// # Errors
 /// When the file cannot be written.
 pub fn write_targets(files: &DemoFiles, screen: Option<&Path>) -> std::io::Result<()> {
-    let shell = ["/bin/bash", "/bin/sh"]
-        .into_iter()
-        .find(|s| Path::new(s).exists())
-        .unwrap_or("/bin/sh");
+    let shell = shell_command().join(" ");
     let screen = screen
         .map(|p| format!("        screen: unix:{}\n", p.display()))
         .unwrap_or_default();
@@ -88,6 +85,20 @@ pub fn write_targets(files: &DemoFiles, screen: Option<&Path>) -> std::io::Resul
          - name: {DEMO_SHELL}\n        console: pty:{shell}\n"
     );
     std::fs::write(&files.targets_file, yaml)
+}
+
+/// The demo's shell (the consoles' and the xterm's): bash if there is one,
+/// else sh, reading no start-up files. The user's `~/.bashrc` is no part of
+/// the demo and may be slow or stateful (pyenv's `init` takes a lock file
+/// that a shell hung up mid-way leaves behind, and every later interactive
+/// bash then waits 60 s for it); sessions end shells at any moment.
+pub fn shell_command() -> Vec<&'static str> {
+    if Path::new("/bin/bash").exists() {
+        vec!["/bin/bash", "--noprofile", "--norc"]
+    } else {
+        // An interactive sh reads only the file named by $ENV.
+        vec!["/bin/sh"]
+    }
 }
 
 /// Creates `path` readable by its owner only (0600) and writes `bytes`.
@@ -252,6 +263,9 @@ async fn decorate(desktop: &mut Desktop, xauthority: &Path) {
     }
     match x("xterm")
         .args(["-geometry", "90x30+40+40", "-T", "labgate demo desktop"])
+        .arg("-e")
+        .args(shell_command())
+        .env_remove("ENV")
         .spawn()
     {
         Ok(child) => desktop.children.push(("xterm", child)),

@@ -83,6 +83,18 @@ struct Demo {
     /// What it printed up to its "Press Ctrl-C" line.
     printed: Vec<String>,
     lines: mpsc::Receiver<String>,
+    /// The demo's `HOME`: start-up files that leave a mark when a shell reads them.
+    home: tempfile::TempDir,
+}
+
+/// The file a shell start-up file in the demo's `HOME` creates when read.
+const RC_MARK: &str = "a-start-up-file-was-read";
+
+impl Demo {
+    /// Whether any shell the demo started read the user's start-up files.
+    fn shell_read_start_up_files(&self) -> bool {
+        self.home.path().join(RC_MARK).exists()
+    }
 }
 
 impl Drop for Demo {
@@ -106,8 +118,16 @@ impl Drop for Demo {
 /// Starts the demo binary and waits for its instructions (the viewer URL and
 /// the rest, up to "Press Ctrl-C").
 fn start_demo() -> Demo {
+    // A user's ~/.bashrc may be slow or stateful (pyenv's takes a lock that a
+    // hung-up shell leaves behind, and later shells wait 60 s for it): the
+    // demo's shells must not read it. These mark that they were read.
+    let home = tempfile::tempdir().unwrap();
+    for rc in [".bashrc", ".bash_profile", ".profile"] {
+        std::fs::write(home.path().join(rc), format!("touch \"$HOME/{RC_MARK}\"\n")).unwrap();
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_labgate-gateway"))
         .args(["--demo", "--listen", "127.0.0.1:0"])
+        .env("HOME", home.path())
         // Its shells start here: a neutral place, not the source tree.
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
@@ -128,6 +148,7 @@ fn start_demo() -> Demo {
         url: String::new(),
         printed: Vec::new(),
         lines,
+        home,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -203,6 +224,11 @@ fn signal(pid: u32, name: &str) {
 /// Stops the demo with `sig` and checks that it exits and that none of
 /// `children` (processes it started) outlives it.
 fn stop_and_check(mut demo: Demo, sig: &str, children: &HashSet<u32>) {
+    // By now the xterm's shell has started too.
+    assert!(
+        !demo.shell_read_start_up_files(),
+        "a demo shell read the user's start-up files"
+    );
     signal(demo.child.id(), sig);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -256,6 +282,10 @@ async fn the_demo_serves_a_desktop_and_shells_and_stops_everything_it_started() 
         read_until(&mut ws, b"demo-42").await;
         shells.push(ws);
     }
+    assert!(
+        !demo.shell_read_start_up_files(),
+        "a demo shell read the user's start-up files"
+    );
     // The shell VM has no screen.
     let mut none = open(&base, &token, "shell", "vnc").await;
     match tokio::time::timeout(Duration::from_secs(5), none.next()).await {
