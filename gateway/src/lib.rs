@@ -24,6 +24,8 @@
 //! - [`namespace_watch`]: the list+watch loop feeding the index: re-watch and relist at once,
 //!   backoff only for errors.
 //! - [`apiclient`]: the API-server client, rebuilt (token re-read) after a 401.
+//! - [`upstream_conn`]: the API-server connection each session opens (kube's TLS and auth
+//!   settings on a connection of its own, a TLS ticket store sized for bursts).
 //! - [`authz`]: the pure authorisation decision and its re-check.
 //! - [`sessions`]: limits and which session holds which VM console.
 //! - [`backend`]: the [`Backend`](backend::Backend) seam (`upstream` is its old name, still
@@ -72,6 +74,7 @@ pub mod sessions;
 pub mod splice;
 pub mod tls;
 pub mod token;
+pub mod upstream_conn;
 pub mod viewer;
 pub mod vm_index;
 pub mod vm_watch;

@@ -716,6 +716,82 @@ async fn two_different_credentials_are_refused() {
     assert_eq!(status, 426, "the same token twice: {body}");
 }
 
+/// A class opening its screens at once: once the gateway holds tickets, every
+/// upstream TLS handshake of a burst resumes. rustls' default cache keeps 8
+/// tickets per server, so a burst beyond 8 paid full handshakes (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sessions_resumes_every_upstream_tls_handshake() {
+    const BURST: usize = 24;
+    let env = start(Options {
+        extra_args: vec!["--max-sessions-per-user".into(), BURST.to_string()],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    // One echoing VM console per session, so no session takes over another's.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    for i in 0..BURST {
+        env.standin.add_vmi(
+            "lab-alice",
+            &format!("burst-{i}"),
+            labgate_tests::standin::Vmi::running(
+                None,
+                Some(labgate_tests::standin::UpstreamAddr::Tcp(echo_addr)),
+            ),
+        );
+    }
+    let token = env.token(ALICE);
+    // All sessions of a burst are open at once before any closes.
+    let burst = || async {
+        let sessions = futures::future::join_all((0..BURST).map(|i| {
+            let (env, token) = (&env, &token);
+            async move {
+                let mut ws = env
+                    .open("lab-alice", &format!("burst-{i}"), "console", token)
+                    .await;
+                ws.send(Message::Binary(Bytes::from_static(b"ping")))
+                    .await
+                    .unwrap();
+                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], b"ping"),
+                    other => panic!("session {i}: {other:?}"),
+                }
+                ws
+            }
+        }))
+        .await;
+        for mut ws in sessions {
+            ws.close(None).await.unwrap();
+        }
+    };
+    const BURSTS: usize = 8;
+    let mut per_burst = Vec::new();
+    for _ in 0..BURSTS {
+        let (full_before, resumed_before) = env.standin.tls_handshakes();
+        burst().await;
+        let (full, resumed) = env.standin.tls_handshakes();
+        per_burst.push((full - full_before, resumed - resumed_before));
+    }
+    // A handshake uses at most one ticket and earns one, so with a store that
+    // keeps them all, full handshakes happen only while the tickets in hand
+    // are fewer than the sessions opening at once: BURST in all, however
+    // many bursts follow. A store of 8 pays again in every burst.
+    let full: u64 = per_burst.iter().map(|b| b.0).sum();
+    assert!(
+        full <= BURST as u64,
+        "upstream TLS handshakes (full, resumed) in {BURSTS} bursts of {BURST} sessions: {per_burst:?}"
+    );
+}
+
 /// The API server (Go's crypto/tls) hands out session tickets; the gateway must keep them
 /// and resume, or every screen costs the API server a full TLS handshake (issue 12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,11 @@
 //!
 //! kube's `Client::connect` cannot be used: it always offers the
 //! `v4/v5.channel.k8s.io` subprotocols, which virt-api does not speak. So the
-//! websocket handshake is made by hand over `Client::send` (which keeps kube's
-//! TLS, bearer-token rotation and CA reload) and upgraded with hyper. A 401
-//! re-reads the gateway's token and retries once ([`ApiClient::refresh`]).
+//! websocket handshake is made by hand, sent on a connection of its own
+//! ([`crate::upstream_conn`]: kube's TLS settings, bearer-token rotation and CA
+//! reload, without its general client's per-request costs) and upgraded with
+//! hyper. A 401 re-reads the gateway's token and retries once
+//! ([`ApiClient::refresh`]).
 
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
@@ -19,6 +21,7 @@ use super::{
 };
 use crate::apiclient::ApiClient;
 use crate::route::ConsoleKind;
+use crate::upstream_conn::UpstreamConnector;
 
 /// KubeVirt's only websocket subprotocol: raw bytes in binary messages.
 pub const KUBEVIRT_PROTOCOL: &str = "plain.kubevirt.io";
@@ -81,11 +84,11 @@ impl KubeVirtBackend {
     }
 
     async fn open(&self, target: UpstreamTarget<'_>) -> Result<UpstreamIo, UpstreamError> {
-        let (generation, client) = self.api.current();
-        match self.open_with(&client, target).await {
+        let (generation, via) = self.api.for_sessions();
+        match self.open_with(&via, target).await {
             // The token may have been rotated since kube last read it.
             Err(UpstreamError::Unauthorized(_)) if self.api.refresh(generation) => {
-                self.open_with(&self.api.current().1, target).await
+                self.open_with(&self.api.for_sessions().1, target).await
             }
             other => other,
         }
@@ -93,7 +96,7 @@ impl KubeVirtBackend {
 
     async fn open_with(
         &self,
-        client: &kube::Client,
+        via: &Result<UpstreamConnector, kube::Client>,
         target: UpstreamTarget<'_>,
     ) -> Result<UpstreamIo, UpstreamError> {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
@@ -105,15 +108,24 @@ impl KubeVirtBackend {
             .header(SEC_WEBSOCKET_PROTOCOL, KUBEVIRT_PROTOCOL)
             .body(kube::client::Body::empty())
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
-        let response = client
-            .send(request)
-            .await
-            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
-        let status = response.status();
-        if status != StatusCode::SWITCHING_PROTOCOLS {
-            let body = collect_limited(response.into_body()).await;
-            return Err(classify_refusal(status, &body));
-        }
+        let transport = |e: &dyn std::fmt::Display| UpstreamError::Transport(e.to_string());
+        // Either way, a refusal's body is read here; an upgrade keeps only the head.
+        let response = match via {
+            Ok(connector) => {
+                let response = connector.send(request).await.map_err(|e| transport(&e))?;
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(refusal(response).await);
+                }
+                response.map(drop)
+            }
+            Err(client) => {
+                let response = client.send(request).await.map_err(|e| transport(&e))?;
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(refusal(response).await);
+                }
+                response.map(drop)
+            }
+        };
         let accept_ok = response
             .headers()
             .get(SEC_WEBSOCKET_ACCEPT)
@@ -158,13 +170,20 @@ impl Backend for KubeVirtBackend {
     }
 }
 
-async fn collect_limited(body: kube::client::Body) -> String {
+/// The error a non-101 answer stands for (its body read up to [`MAX_ERROR_BODY`]).
+async fn refusal<B>(response: http::Response<B>) -> UpstreamError
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
-    match limited.collect().await {
+    let status = response.status();
+    let limited = http_body_util::Limited::new(response.into_body(), MAX_ERROR_BODY);
+    let body = match limited.collect().await {
         Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
         Err(_) => String::new(),
-    }
+    };
+    classify_refusal(status, &body)
 }
 
 /// Maps a non-101 answer (a Kubernetes `Status` body, usually) to an error.
