@@ -96,10 +96,10 @@ pub use refusal::Refusal;
 pub use server::{Gateway, Settings};
 pub use token::TokenVerifier;
 
-/// Installs the process-wide rustls crypto provider (ring). Harmless if one is
-/// already installed.
+/// Installs the process-wide rustls crypto provider ([`tls::crypto_provider`]).
+/// Harmless if one is already installed.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tls::crypto_provider().install_default();
 }
 
 /// Binds `config.listen` and runs the gateway until `shutdown` resolves and

@@ -196,7 +196,7 @@ impl RemoteJwks {
                 "JWKS URL {url} must be an https:// URL: keys fetched in the clear could be replaced"
             )));
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::tls::crypto_provider());
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match ca_file {
             Some(path) => builder.with_tls_config(client_config_with_ca(path, provider)?),
