@@ -45,7 +45,14 @@ async fn main() -> ExitCode {
         eprintln!("labgate-gateway: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    match labgate_gateway::run(config, shutdown_signal()).await {
+    // A task on the runtime's workers, not the main thread's `block_on`: a
+    // connection is then accepted on the thread that serves it, with no
+    // wake-up and context switch between the two for every connection.
+    let gateway = tokio::spawn(labgate_gateway::run(config, shutdown_signal()));
+    let result = gateway
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the gateway task failed: {e}")));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "labgate-gateway failed");
