@@ -408,7 +408,17 @@ async fn clients_vanishing(plain: bool) {
     let limit = (2 * WORKERS).to_string();
     let env = start(Options {
         plain,
-        extra_args: args(&["--max-sessions", &limit, "--max-sessions-per-user", &limit]),
+        // No watch restarts during the run: a restart may open one more
+        // keep-alive connection to the API server (its watches' pool keeps it
+        // for 90 s), which would count as left behind.
+        extra_args: args(&[
+            "--max-sessions",
+            &limit,
+            "--max-sessions-per-user",
+            &limit,
+            "--watch-timeout",
+            "300s",
+        ]),
         // The harness waits for readiness over TLS only.
         wait_ready: false,
         ..Options::default()
