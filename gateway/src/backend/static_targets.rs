@@ -291,6 +291,7 @@ impl Drop for ChildGuard {
         {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::HUP);
         }
+        let session = child.id();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 // Dropped with the runtime at exit: kill_on_drop then kills it at once.
@@ -301,11 +302,41 @@ impl Drop for ChildGuard {
                     {
                         let _ = child.kill().await;
                     }
+                    if let Some(session) = session {
+                        kill_session(session);
+                    }
                 });
             }
             Err(_) => {
                 let _ = child.start_kill();
             }
+        }
+    }
+}
+
+/// SIGKILL to every process still in the session `leader` led: a shell's
+/// background jobs live in their own process groups, and a shell that exits
+/// or is killed before passing the hangup on would leave them running.
+fn kill_session(leader: u32) {
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp session …": comm may hold spaces and parentheses.
+        let session = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().nth(3)?.parse::<u32>().ok()
+            });
+        if session == Some(leader)
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
 }
