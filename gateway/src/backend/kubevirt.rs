@@ -109,22 +109,11 @@ impl KubeVirtBackend {
             .body(kube::client::Body::empty())
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
         let transport = |e: &dyn std::fmt::Display| UpstreamError::Transport(e.to_string());
-        // Either way, a refusal's body is read here; an upgrade keeps only the head.
         let response = match via {
             Ok(connector) => {
-                let response = connector.send(request).await.map_err(|e| transport(&e))?;
-                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(refusal(response).await);
-                }
-                response.map(drop)
+                switched(connector.send(request).await.map_err(|e| transport(&e))?).await?
             }
-            Err(client) => {
-                let response = client.send(request).await.map_err(|e| transport(&e))?;
-                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(refusal(response).await);
-                }
-                response.map(drop)
-            }
+            Err(client) => switched(client.send(request).await.map_err(|e| transport(&e))?).await?,
         };
         let accept_ok = response
             .headers()
@@ -170,20 +159,24 @@ impl Backend for KubeVirtBackend {
     }
 }
 
-/// The error a non-101 answer stands for (its body read up to [`MAX_ERROR_BODY`]).
-async fn refusal<B>(response: http::Response<B>) -> UpstreamError
+/// The head of a 101 answer (its upgrade still attached), or the error a
+/// refusal stands for, its body read up to [`MAX_ERROR_BODY`].
+async fn switched<B>(response: http::Response<B>) -> Result<http::Response<()>, UpstreamError>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::BodyExt;
     let status = response.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(response.map(drop));
+    }
     let limited = http_body_util::Limited::new(response.into_body(), MAX_ERROR_BODY);
     let body = match limited.collect().await {
         Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
         Err(_) => String::new(),
     };
-    classify_refusal(status, &body)
+    Err(classify_refusal(status, &body))
 }
 
 /// Maps a non-101 answer (a Kubernetes `Status` body, usually) to an error.
