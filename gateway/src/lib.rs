@@ -38,6 +38,8 @@
 //! - [`lab_api`]: `GET /labs/{lab}` (the lab's VMs) and `GET /labs/{lab}/{vm}/screenshot`.
 //! - [`screenshot`]: KubeVirt's screenshot subresource, the per-VM cache and single flight.
 //! - [`splice`]: the two-way relay with backpressure, pings and close propagation.
+//! - [`end_cork`]: a session's TCP connections send their close frame, close_notify and FIN
+//!   as one segment.
 //! - [`refusal`]: every reason a session is refused or ended, with close codes.
 //! - [`tls`]: rustls with certificate reload; [`reload`]: file change detection.
 //! - [`metrics`]: Prometheus metrics; [`demo`]: the no-cluster demo (static backend, Xvnc
@@ -56,6 +58,7 @@ pub mod backend;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod end_cork;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;

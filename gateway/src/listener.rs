@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::end_cork::{CorkableTcp, EndCork};
 use crate::preauth::{PreAuth, PreAuthLimits, PreAuthSlot};
 use crate::server::Gateway;
 
@@ -58,6 +59,8 @@ impl Gateway {
             };
             let slot = PreAuthSlot::new(permit);
             let _ = stream.set_nodelay(true);
+            let end_cork = EndCork::default();
+            let stream = CorkableTcp::new(stream, end_cork.clone());
             let gateway = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
@@ -70,7 +73,12 @@ impl Gateway {
                         match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                             Ok(Ok(tls_stream)) => {
                                 gateway
-                                    .serve_connection(TokioIo::new(tls_stream), deadline, slot)
+                                    .serve_connection(
+                                        TokioIo::new(tls_stream),
+                                        deadline,
+                                        slot,
+                                        end_cork,
+                                    )
                                     .await
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -79,7 +87,7 @@ impl Gateway {
                     }
                     None => {
                         gateway
-                            .serve_connection(TokioIo::new(stream), deadline, slot)
+                            .serve_connection(TokioIo::new(stream), deadline, slot, end_cork)
                             .await
                     }
                 }
@@ -118,12 +126,14 @@ impl Gateway {
     /// Serves HTTP/1.1 (with upgrades) on one connection whose first request
     /// head must be complete by `first_head_by`; on shutdown, finishes the
     /// request in flight and closes idle keep-alive connections. Requests
-    /// carry `slot`, the connection's place under the pre-authorisation caps.
+    /// carry `slot`, the connection's place under the pre-authorisation caps,
+    /// and `end_cork`, which a session on the connection engages at its end.
     async fn serve_connection<I>(
         &self,
         io: TokioIo<I>,
         first_head_by: tokio::time::Instant,
         slot: PreAuthSlot,
+        end_cork: EndCork,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -134,6 +144,7 @@ impl Gateway {
             hyper::service::service_fn(move |mut req| {
                 head_seen.cancel();
                 req.extensions_mut().insert(slot.clone());
+                req.extensions_mut().insert(end_cork.clone());
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(req).await) }
             })

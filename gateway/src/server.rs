@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::authz::{self, Grant};
 use crate::backend::{Backend, UpstreamIo, UpstreamTarget};
 use crate::credentials;
+use crate::end_cork::EndCork;
 use crate::index::LabIndex;
 use crate::metrics::Metrics;
 use crate::preauth::{PreAuth, PreAuthLimits, PreAuthSlot};
@@ -324,6 +325,14 @@ impl Gateway {
         claim.confirm();
 
         let response = switching_protocols(&ws_key, req.headers());
+        // Engaged at the session's end, with the upstream's (see `end_cork`).
+        let end_corks: Vec<EndCork> = req
+            .extensions()
+            .get::<EndCork>()
+            .into_iter()
+            .chain(upstream.end_cork())
+            .cloned()
+            .collect();
         let on_upgrade = hyper::upgrade::on(req);
         let gateway = self.clone();
         shared.tracker.spawn(async move {
@@ -338,6 +347,7 @@ impl Gateway {
                             claim,
                             permit,
                             changes,
+                            end_corks,
                         )
                         .await;
                 }
@@ -383,6 +393,7 @@ impl Gateway {
         claim: ConsoleClaim,
         permit: SessionPermit,
         changes: broadcast::Receiver<Arc<str>>,
+        end_corks: Vec<EndCork>,
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -413,6 +424,7 @@ impl Gateway {
             &loss_reason,
             &counts,
             &byte_metrics,
+            &end_corks,
         )
         .await;
         active.dec();

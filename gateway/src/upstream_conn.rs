@@ -36,6 +36,8 @@ use tokio_rustls::TlsConnector;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
+use crate::end_cork::{CorkableTcp, EndCork};
+
 /// TLS 1.3 tickets kept for the API server: enough for a class opening its
 /// screens at once to resume every handshake (each ticket is used once, and
 /// the API server gives one per handshake). About 300 bytes each.
@@ -119,10 +121,12 @@ impl Dial {
         let https = self.tls.is_some();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let authority = uri.authority().ok_or("API server URL has no host")?.clone();
+        let end_cork = EndCork::default();
         let io = tokio::time::timeout(self.connect_timeout, async {
             let tcp = TcpStream::connect((host, port)).await?;
             // Screens send small updates; Nagle would hold them back.
             tcp.set_nodelay(true)?;
+            let tcp = CorkableTcp::new(tcp, end_cork.clone());
             Ok::<_, BoxError>(match &self.tls {
                 Some(tls) => {
                     let (connector, name) = &**tls;
@@ -147,16 +151,21 @@ impl Dial {
         let mut connection = connection.with_upgrades();
         let send = sender.send_request(request);
         tokio::pin!(send);
-        let response = tokio::select! {
+        let (mut response, handed_over) = tokio::select! {
             biased;
-            response = &mut send => response?,
+            response = &mut send => (response?, false),
             ended = &mut connection => {
                 // Done already: the connection was handed to the 101's upgrade,
                 // or it closed and `send` says why.
                 ended?;
-                return Ok(send.await?);
+                (send.await?, true)
             }
         };
+        // The session's splice engages it when it closes the connection.
+        response.extensions_mut().insert(end_cork);
+        if handed_over {
+            return Ok(response);
+        }
         // Then it reads the body of a refusal, or hands the connection over to
         // `hyper::upgrade::on`; either ends when the response is dropped.
         tokio::spawn(async move {

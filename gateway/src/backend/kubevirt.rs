@@ -20,6 +20,7 @@ use super::{
     Backend, BoxFuture, ConnectFuture, UpstreamError, UpstreamIo, UpstreamTarget, VmSummary,
 };
 use crate::apiclient::ApiClient;
+use crate::end_cork::EndCork;
 use crate::route::ConsoleKind;
 use crate::upstream_conn::UpstreamConnector;
 
@@ -132,10 +133,12 @@ impl KubeVirtBackend {
                 "upstream chose an unexpected subprotocol".into(),
             ));
         }
+        // The session connector's connections can send their end in one segment.
+        let end_cork = response.extensions().get::<EndCork>().cloned();
         let upgraded = hyper::upgrade::on(response)
             .await
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
-        Ok(UpstreamIo::Upgraded(TokioIo::new(upgraded)))
+        Ok(UpstreamIo::Upgraded(TokioIo::new(upgraded), end_cork))
     }
 }
 

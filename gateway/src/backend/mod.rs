@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::end_cork::EndCork;
 use crate::refusal::Refusal;
 use crate::route::ConsoleKind;
 
@@ -30,8 +31,9 @@ pub use static_targets::StaticBackend;
 
 /// The byte stream under an upstream websocket.
 pub enum UpstreamIo {
-    /// A connection upgraded through hyper (API server, or any HTTP upstream).
-    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+    /// A connection upgraded through hyper (API server, or any HTTP upstream),
+    /// with the cork of its TCP connection when the gateway opened that itself.
+    Upgraded(TokioIo<hyper::upgrade::Upgraded>, Option<EndCork>),
     /// An in-process pipe (raw targets framed by [`raw_stream`], tests).
     Memory(tokio::io::DuplexStream),
 }
@@ -133,6 +135,17 @@ pub trait Backend: Send + Sync + 'static {
 /// Boxed future of the [`Backend`] methods.
 pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
 
+impl UpstreamIo {
+    /// The switch that makes the connection send its last writes with its FIN
+    /// (see [`crate::end_cork`]), where it has one.
+    pub fn end_cork(&self) -> Option<&EndCork> {
+        match self {
+            UpstreamIo::Upgraded(_, cork) => cork.as_ref(),
+            UpstreamIo::Memory(_) => None,
+        }
+    }
+}
+
 impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -140,7 +153,7 @@ impl AsyncRead for UpstreamIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Upgraded(io, _) => Pin::new(io).poll_read(cx, buf),
             UpstreamIo::Memory(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -153,21 +166,21 @@ impl AsyncWrite for UpstreamIo {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+            UpstreamIo::Upgraded(io, _) => Pin::new(io).poll_write(cx, buf),
             UpstreamIo::Memory(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_flush(cx),
+            UpstreamIo::Upgraded(io, _) => Pin::new(io).poll_flush(cx),
             UpstreamIo::Memory(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Upgraded(io, _) => Pin::new(io).poll_shutdown(cx),
             UpstreamIo::Memory(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
@@ -178,14 +191,14 @@ impl AsyncWrite for UpstreamIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            UpstreamIo::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpstreamIo::Upgraded(io, _) => Pin::new(io).poll_write_vectored(cx, bufs),
             UpstreamIo::Memory(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            UpstreamIo::Upgraded(io) => io.is_write_vectored(),
+            UpstreamIo::Upgraded(io, _) => io.is_write_vectored(),
             UpstreamIo::Memory(io) => io.is_write_vectored(),
         }
     }

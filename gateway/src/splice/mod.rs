@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
+use crate::end_cork::EndCork;
 use crate::refusal::Refusal;
 use frames::{FrameScanner, Side};
 
@@ -207,7 +208,9 @@ impl Written {
 /// `client` and `upstream` are the raw connections right after their
 /// websocket handshakes. `upstream_gone` is asked what to tell the client
 /// when the VM side drops without a close frame (it knows whether another
-/// viewer took over).
+/// viewer took over). `end_corks` are engaged when the closing starts, so the
+/// connections that watch them send their close frames with their FIN.
+#[allow(clippy::too_many_arguments)] // the parts of one session, handed over once
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
@@ -216,6 +219,7 @@ pub async fn splice<C, U>(
     upstream_gone: &(dyn Fn() -> Refusal + Sync),
     counts: &ByteCounts,
     metrics: &ByteMetrics,
+    end_corks: &[EndCork],
 ) -> SpliceEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -314,6 +318,10 @@ where
     };
     let to_client = Written::after(down_writer_ok, &from_upstream);
     let to_upstream = Written::after(up_writer_ok, &from_client);
+    // Both pumps have stopped: whatever is written from here on is the end.
+    for cork in end_corks {
+        cork.engage();
+    }
 
     // The closing phase runs once, on the heap: an idle session's future
     // then holds only the relay state.

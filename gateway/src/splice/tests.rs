@@ -112,6 +112,7 @@ async fn run_with_upstream(
             &|| Refusal::TakenOver,
             &task_counts,
             &byte_metrics(),
+            &[],
         )
         .await
     });
