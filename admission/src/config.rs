@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, env = "LABGATE_ADMISSION_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Connections the HTTPS listener holds at once. Past it a new connection is closed
+    /// at accept, before TLS, and counted in labgate_admission_connections_rejected_total:
+    /// a flood cannot use up the process's descriptors or memory. The API server needs
+    /// about as many as it has reviews in flight.
+    #[arg(long, env = "LABGATE_ADMISSION_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// Optional plain-HTTP listener for /metrics, /healthz and /readyz (for scrapers
     /// that cannot speak the webhook's TLS). The HTTPS listener serves them too.
     #[arg(long, env = "LABGATE_ADMISSION_METRICS_LISTEN")]

@@ -58,6 +58,7 @@ fn state() -> &'static WebhookState {
             exempt_namespaces: vec!["labgate-system".into()],
         },
         metrics: Metrics::new(),
+        max_connections: 1,
     })
 }
 

@@ -159,6 +159,7 @@ pub async fn start(
         view: Arc::new(cache.clone()),
         rules: config.rules(),
         metrics: metrics.clone(),
+        max_connections: config.max_connections as usize,
     });
     let (addr, metrics_addr) = start_webhook(
         config.listen,

@@ -3,7 +3,8 @@
 //! One [`Metrics`] value owns its registry, so several services can run in one process (tests).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Handles to every metric; cheap to clone.
@@ -32,6 +33,10 @@ pub struct Metrics {
     pub cert_expiry: IntGauge,
     /// Denials by rule (every denial counts; the log is sampled).
     pub denials: IntCounterVec,
+    /// Connections open, by listener (`webhook`, `probes`).
+    pub connections: IntGaugeVec,
+    /// Connections closed at accept because the listener's cap was reached, by listener.
+    pub rejected_connections: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -92,6 +97,26 @@ impl Metrics {
             "Admission denials, by rule (all of them; logs are sampled).",
             &["rule"],
         );
+        let rejected_connections = counter(
+            "labgate_admission_connections_rejected_total",
+            "Connections closed at accept because the listener held its maximum, by listener.",
+            &["listener"],
+        );
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "labgate_admission_connections",
+                "Connections open, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("metric names are unique");
+        for listener in ["webhook", "probes"] {
+            connections.with_label_values(&[listener]);
+            rejected_connections.with_label_values(&[listener]);
+        }
         // Every documented series exists at 0 from the start, so alerts and
         // dashboards see 0 rather than "no data".
         let zero = |c: &IntCounterVec, values: &[&[&str]]| {
@@ -202,6 +227,8 @@ impl Metrics {
             tls_reloads,
             cert_actions,
             denials,
+            connections,
+            rejected_connections,
         }
     }
 

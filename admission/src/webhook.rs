@@ -16,7 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionReview, META_API_VERSION_V1, META_KIND};
+use prometheus::{IntCounter, IntGauge};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +46,14 @@ pub struct WebhookState {
     pub rules: Rules,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Connections the HTTPS listener holds at once (`--max-connections`).
+    pub max_connections: usize,
 }
+
+/// Connections the plain probe and metrics listener holds at once: the kubelet's
+/// probes and a scraper need a handful, and a flood on that port must not use up
+/// the descriptors the webhook needs.
+pub const PROBE_MAX_CONNECTIONS: usize = 64;
 
 type Body = Full<Bytes>;
 
@@ -254,7 +263,8 @@ pub fn review_bytes(
     Ok((json, verdict))
 }
 
-/// Accepts HTTPS connections on `listener` until `shutdown`.
+/// Accepts HTTPS connections on `listener` until `shutdown`, at most
+/// `state.max_connections` at a time.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -262,7 +272,8 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    accept_loop(listener, shutdown, move |tcp, peer| {
+    let cap = ConnectionCap::new("webhook", state.max_connections, &state.metrics);
+    accept_loop(listener, shutdown, cap, move |tcp, peer| {
         let (acceptor, state) = (acceptor.clone(), state.clone());
         async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -282,21 +293,83 @@ pub async fn serve_tls(
     .await;
 }
 
-/// Serves probes and metrics over plain HTTP until `shutdown` (no /validate).
+/// Serves probes and metrics over plain HTTP until `shutdown` (no /validate),
+/// at most [`PROBE_MAX_CONNECTIONS`] at a time.
 pub async fn serve_plain(
     listener: TcpListener,
     state: Arc<WebhookState>,
     shutdown: CancellationToken,
 ) {
-    accept_loop(listener, shutdown, move |tcp, _peer| {
+    let cap = ConnectionCap::new("probes", PROBE_MAX_CONNECTIONS, &state.metrics);
+    accept_loop(listener, shutdown, cap, move |tcp, _peer| {
         let state = state.clone();
         async move { serve_connection(TokioIo::new(tcp), state, false).await }
     })
     .await;
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, on_conn: F)
-where
+/// The most connections one listener holds at a time. Every accepted
+/// connection costs a task and a descriptor before anything is known of it; at
+/// the cap a new one is closed at once, before TLS or HTTP, which is the
+/// cheapest answer there is (a 503 would need the TLS handshake a flood wants
+/// the service to make).
+struct ConnectionCap {
+    slots: Arc<Semaphore>,
+    open: IntGauge,
+    rejected: IntCounter,
+    listener: &'static str,
+}
+
+impl ConnectionCap {
+    fn new(listener: &'static str, max: usize, metrics: &Metrics) -> ConnectionCap {
+        ConnectionCap {
+            slots: Arc::new(Semaphore::new(max)),
+            open: metrics.connections.with_label_values(&[listener]),
+            rejected: metrics.rejected_connections.with_label_values(&[listener]),
+            listener,
+        }
+    }
+
+    /// A slot for a new connection, or `None` (counted) at the cap.
+    fn admit(&self) -> Option<OpenConnection> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.open.inc();
+                Some(OpenConnection {
+                    _permit: permit,
+                    open: self.open.clone(),
+                })
+            }
+            Err(_) => {
+                self.rejected.inc();
+                tracing::debug!(
+                    listener = self.listener,
+                    "connection closed at accept: too many open"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A connection's slot, given back when its task ends.
+struct OpenConnection {
+    _permit: OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    cap: ConnectionCap,
+    on_conn: F,
+) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -313,8 +386,16 @@ where
                 }
             },
         };
+        let Some(slot) = cap.admit() else {
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(on_conn(tcp, peer));
+        let serve = on_conn(tcp, peer);
+        tokio::spawn(async move {
+            serve.await;
+            drop(slot);
+        });
     }
 }
 

@@ -43,6 +43,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
         "--egress",
         "--namespace-controller-user",
         "--kubeconfig",
+        "--max-connections",
         "--metrics-listen",
         "--self-signed-certs",
         "--ca-secret",
@@ -57,7 +58,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
     }
     assert_eq!(
         help.matches("[env: LABGATE_ADMISSION_").count(),
-        17,
+        18,
         "every flag has an env variable"
     );
 }

@@ -56,6 +56,10 @@ impl Drop for Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(1024).await
+    }
+
+    async fn start_with(max_connections: usize) -> Server {
         init();
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
@@ -71,6 +75,7 @@ impl Server {
                 exempt_namespaces: vec![],
             },
             metrics: metrics.clone(),
+            max_connections,
         });
         let shutdown = CancellationToken::new();
         let resolver = Arc::new(ReloadingCert::new(cert, key).unwrap());
@@ -432,6 +437,45 @@ async fn metrics_pass_promtool() {
         }
         labgate_tests::promtool::assert_clean(&text);
     }
+}
+
+/// A flood of connections that never start TLS holds at most
+/// `--max-connections` slots: the next one is closed at once (not held until the
+/// handshake timeout) and counted, and once the flood goes the webhook answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_is_capped_and_the_webhook_recovers() {
+    use tokio::io::AsyncReadExt;
+    let s = Server::start_with(4).await;
+    let open = s.metrics.connections.with_label_values(&["webhook"]);
+    let rejected = s
+        .metrics
+        .rejected_connections
+        .with_label_values(&["webhook"]);
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    }
+    let held = eventually(Duration::from_secs(5), || (open.get() == 4).then_some(())).await;
+    assert!(held.is_some(), "4 connections open: {}", open.get());
+    let mut one_more = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), one_more.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection past the cap was not closed at once: {closed:?}"
+    );
+    assert_eq!(rejected.get(), 1);
+    assert_eq!(open.get(), 4);
+    drop(flood);
+    let freed = eventually(Duration::from_secs(5), || (open.get() == 0).then_some(())).await;
+    assert!(
+        freed.is_some(),
+        "the flood's slots given back: {}",
+        open.get()
+    );
+    let (status, review, _) = s.post(fixture("vmi-create-in-lab-with-policy.json")).await;
+    assert_eq!(status, 200);
+    assert_eq!(review["response"]["allowed"], true);
 }
 
 /// What a hostile review must get: an HTTP error, or a well-formed review

@@ -102,7 +102,7 @@ VALUE_SETS = {
             "tls": {"mode": "none"},
             "jwt": {"existingSecret": "portal-keys", "keys": [{"file": "portal.pem", "type": "public"}]},
         },
-        "admission": {**PORTAL, "egress": "strict", "extraExemptNamespaces": ["monitoring"], "baselineAdminNetworkPolicy": True},
+        "admission": {**PORTAL, "egress": "strict", "extraExemptNamespaces": ["monitoring"], "baselineAdminNetworkPolicy": True, "maxConnections": 256},
         "apiServer": {"cidrs": ["10.96.0.1/32", "192.168.10.5/32"]},
     },
     "issuers-strict-egress": {
@@ -327,6 +327,13 @@ def test_gateway_flags_follow_the_values(rendered):
         assert "--tls-cert-file=/etc/labgate/tls/tls.crt" in args
 
 
+def test_admission_connection_cap_follows_the_values(rendered):
+    name, values, objects, _ = rendered
+    args = deployment(objects, "admission")["spec"]["template"]["spec"]["containers"][0]["args"]
+    cap = values.get("admission", {}).get("maxConnections", 1024)
+    assert f"--max-connections={cap}" in args, args
+
+
 def test_the_webhook_is_the_one_in_policies(rendered):
     name, values, objects, _ = rendered
     shipped = yaml.safe_load((ROOT / "policies" / "manifests" / "validating-webhook.yaml").read_text())
@@ -513,6 +520,8 @@ def test_values_reject_typos_and_wrong_types():
         {"gateway": {"replicas": "two"}},
         {"gateway": {"tls": {"mode": "letsencrypt"}}},
         {"admission": {"egress": "open"}},
+        {"admission": {"maxConnections": 0}},
+        {"admission": {"maxConnections": "many"}},
         {"gateway": {"jwt": {"algorithms": ["none"]}}},
         {"gateway": {"jwt": {"keys": [{"file": "../etc/passwd", "type": "public"}]}}},
         {"gateway": {"jwt": {"jwksUrl": "http://idp.example.org/certs"}}},
